@@ -1,0 +1,116 @@
+"""Broker configuration: :class:`SSEConfig`, also read from ``SSE_*`` Flask config keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing as t
+from dataclasses import dataclass
+
+if t.TYPE_CHECKING:
+    from ._broker import SSEClient
+
+_OVERFLOW_POLICIES = ("disconnect", "drop_oldest")
+
+
+@dataclass
+class SSEConfig:
+    """Every tunable of a broker, each with a default.
+
+    When the blueprint is registered, any ``SSE_<FIELD>`` key in ``app.config``
+    (``SSE_HEARTBEAT_INTERVAL``, ``SSE_REDIS_URL``, ...) overrides the field.
+    """
+
+    #: How many events one connection may have waiting to be written. A client
+    #: that reads slower than events arrive hits this bound and the ``overflow``
+    #: policy applies; memory per connection never grows past it.
+    event_buffer_size: int = 100
+    #: Seconds between heartbeats; ``0`` or ``None`` disables them. Heartbeats
+    #: keep proxies from closing idle streams and are how a dead socket is found
+    #: under WSGI: only a write tells.
+    heartbeat_interval: float | None = 15.0
+    #: Reconnection delay (ms) sent as ``retry:`` when a stream opens.
+    retry: int = 3000
+    #: How many recent events are kept for replay to reconnecting clients;
+    #: ``0`` disables replay.
+    history_size: int = 1000
+    #: What to do when a connection's buffer is full: ``"disconnect"`` ends the
+    #: stream, so the client reconnects and replays what it missed from history;
+    #: ``"drop_oldest"`` discards the oldest waiting event. Both are counted and
+    #: signalled through :data:`~flask_sse_broker.event_dropped`.
+    overflow: str = "disconnect"
+    #: Live connections allowed per broker; ``None`` means no limit. Over it,
+    #: ``GET /connect`` answers 503 with ``Retry-After``.
+    max_connections: int | None = None
+    max_topics_per_connection: int = 100
+    max_topic_length: int = 200
+    #: Largest encoded event (fields and data) a publisher may send.
+    max_event_bytes: int = 1024 * 1024
+    #: Seconds a client id's subscriptions outlive its last connection, so a
+    #: reconnect with the client's token finds them again.
+    session_ttl: float = 60.0
+    #: Called with the :class:`SSEClient` when a client id's first connection opens.
+    on_connect: t.Callable[[SSEClient], None] | None = None
+    #: Called with the :class:`SSEClient` when a client id's last connection ends.
+    on_disconnect: t.Callable[[SSEClient], None] | None = None
+    #: Called in the request context of a connect/subscribe request; returns the
+    #: client id (e.g. the logged-in user's id). ``None`` (the default, or as a
+    #: return value) means a random, unguessable id per client.
+    identify: t.Callable[[], str | None] | None = None
+    #: Called in the request context for every topic a request asks for;
+    #: ``False`` means 403. ``None`` allows every topic.
+    authorize: t.Callable[[str], bool] | None = None
+    #: ``None`` selects the in-process backend; a ``redis://`` URL the Redis one.
+    redis_url: str | None = None
+    #: Guard for ``GET /stats``: a callable run in the request context (``True``
+    #: admits). ``None`` or ``False`` keeps the route a 404.
+    stats: t.Callable[[], bool] | bool | None = None
+    #: End every stream when the process gets SIGTERM (chaining to the previous
+    #: handler), so gunicorn's graceful shutdown is not spent waiting on them.
+    handle_sigterm: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :exc:`ValueError` for a field out of its range."""
+        _positive_int("event_buffer_size", self.event_buffer_size)
+        _non_negative_int("retry", self.retry)
+        _non_negative_int("history_size", self.history_size)
+        _positive_int("max_topics_per_connection", self.max_topics_per_connection)
+        _positive_int("max_topic_length", self.max_topic_length)
+        _positive_int("max_event_bytes", self.max_event_bytes)
+        if self.max_connections is not None:
+            _non_negative_int("max_connections", self.max_connections)
+        if self.heartbeat_interval is not None and (
+            isinstance(self.heartbeat_interval, bool)
+            or not isinstance(self.heartbeat_interval, (int, float))
+            or self.heartbeat_interval < 0
+        ):
+            raise ValueError(f"heartbeat_interval must be >= 0 or None: {self.heartbeat_interval!r}")
+        if not isinstance(self.session_ttl, (int, float)) or self.session_ttl < 0:
+            raise ValueError(f"session_ttl must be >= 0: {self.session_ttl!r}")
+        if self.overflow not in _OVERFLOW_POLICIES:
+            raise ValueError(f"overflow must be one of {_OVERFLOW_POLICIES}: {self.overflow!r}")
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """The heartbeat interval, ``0.0`` when heartbeats are off."""
+        return float(self.heartbeat_interval or 0.0)
+
+    def update_from_mapping(self, mapping: t.Mapping[str, t.Any], prefix: str = "SSE_") -> None:
+        """Set every field named by a ``<prefix><FIELD>`` key in ``mapping``."""
+        for f in dataclasses.fields(self):
+            key = prefix + f.name.upper()
+            if key in mapping:
+                setattr(self, f.name, mapping[key])
+        self.validate()
+
+
+def _positive_int(name: str, value: t.Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int: {value!r}")
+
+
+def _non_negative_int(name: str, value: t.Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int: {value!r}")
