@@ -194,7 +194,9 @@ class SSEBroker:
         if self.config.redis_url:
             from .backends.redis import RedisBackend
 
-            return RedisBackend(self.config.redis_url, history_size=self.config.history_size)
+            return RedisBackend(
+                self.config.redis_url, history_size=self.config.history_size, prefix=self.config.redis_prefix
+            )
         from .backends.memory import MemoryBackend
 
         return MemoryBackend(self.config.history_size)
@@ -555,29 +557,32 @@ class SSEBroker:
 
     # -- publishing ----------------------------------------------------------
 
-    def send(self, client_id: str, event: t.Any, **fields: t.Any) -> int:
+    def send(self, client_id: str, data: t.Any, **fields: t.Any) -> int:
         """Send to every connection of one client (and to its replay history).
 
-        ``event`` is an :class:`SSEEvent`, or data with ``event=``/``retry=``
-        keywords. Returns the number of local connections it was queued for.
+        ``data`` is an :class:`SSEEvent`, or any JSON-serialisable value with
+        the event's other fields as keywords (``event=``, ``retry=``,
+        ``raw=``). Returns the number of local connections it was queued for.
         """
         if not isinstance(client_id, str):
             raise TypeError(f"client_id must be a str, not {type(client_id).__name__}")
-        return self._publish(CLIENT, client_id, event, fields)
+        return self._publish(CLIENT, client_id, data, fields)
 
-    def broadcast(self, event: t.Any, **fields: t.Any) -> int:
-        """Send to every connected client."""
-        return self._publish(ALL, None, event, fields)
+    def broadcast(self, data: t.Any, **fields: t.Any) -> int:
+        """Send to every connected client; arguments as for :meth:`send`."""
+        return self._publish(ALL, None, data, fields)
 
-    def broadcast_to_topic(self, topic: str, event: t.Any, **fields: t.Any) -> int:
-        """Send to every client subscribed to ``topic``."""
-        return self._publish(TOPIC, self.validate_topic(topic), event, fields)
+    def broadcast_to_topic(self, topic: str, data: t.Any, **fields: t.Any) -> int:
+        """Send to every client subscribed to ``topic``; arguments as for :meth:`send`."""
+        return self._publish(TOPIC, self.validate_topic(topic), data, fields)
 
-    def _publish(self, kind: str, target: str | None, event: t.Any, fields: dict[str, t.Any]) -> int:
-        if not isinstance(event, SSEEvent):
-            event = SSEEvent(event, **fields)
-        elif fields:
-            raise TypeError("pass event fields on the SSEEvent, not as keywords, when giving one")
+    def _publish(self, kind: str, target: str | None, data: t.Any, fields: dict[str, t.Any]) -> int:
+        if isinstance(data, SSEEvent):
+            if fields:
+                raise TypeError("set the fields on the SSEEvent, not as keywords, when passing one")
+            event = data
+        else:
+            event = SSEEvent(data, **fields)
         body = event.body
         if len(body) > self.config.max_event_bytes:
             raise EventTooLarge(len(body), self.config.max_event_bytes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import typing as t
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
@@ -81,6 +82,7 @@ def create_blueprint(
             raise RequestError(503, e.reason, {"Retry-After": str(e.retry_after)}) from None
         except (SSEError, ValueError, TypeError) as e:
             raise RequestError(400, str(e)) from None
+        _limit_write_stall(broker.config.write_timeout)
         return Response(
             conn,
             status=200,
@@ -202,6 +204,25 @@ def _topics_body() -> tuple[object, list[t.Any]]:
     if not isinstance(topics, list):
         raise RequestError(400, '"topics" must be a list of strings')
     return token, topics
+
+
+def _limit_write_stall(timeout: float | None) -> None:
+    """Bound how long the kernel keeps an unacknowledged stream alive.
+
+    Under WSGI a stream only learns its peer is gone when a write fails, and a
+    write to a peer that stopped reading (or vanished without a FIN) blocks
+    until TCP gives up, which by default takes many minutes or never happens.
+    ``TCP_USER_TIMEOUT`` (Linux) makes it fail after ``timeout``, zero-window
+    probes included. Werkzeug and gunicorn expose the socket in the environ.
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if not timeout or option is None or sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(timeout * 1000))
+    except (OSError, AttributeError):  # not a TCP socket (a unix socket, a test client)
+        pass
 
 
 def _static(filename: str, mimetype: str) -> Response:

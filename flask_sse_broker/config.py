@@ -45,6 +45,12 @@ class SSEConfig:
     max_topic_length: int = 200
     #: Largest encoded event (fields and data) a publisher may send.
     max_event_bytes: int = 1024 * 1024
+    #: Seconds a client may leave written data unacknowledged (a vanished
+    #: peer, or one that stopped reading) before the kernel drops its
+    #: connection (``TCP_USER_TIMEOUT``, where the server exposes the socket).
+    #: Without it a stalled reader holds its thread or greenlet indefinitely.
+    #: ``0`` or ``None`` leaves the OS default.
+    write_timeout: float | None = 30.0
     #: Seconds a client id's subscriptions outlive its last connection, so a
     #: reconnect with the client's token finds them again.
     session_ttl: float = 60.0
@@ -61,6 +67,9 @@ class SSEConfig:
     authorize: t.Callable[[str], bool] | None = None
     #: ``None`` selects the in-process backend; a ``redis://`` URL the Redis one.
     redis_url: str | None = None
+    #: Prefix of every Redis key and channel the Redis backend uses, so several
+    #: apps (or test runs) can share one Redis without seeing each other's events.
+    redis_prefix: str = "flask_sse"
     #: Guard for ``GET /stats``: a callable run in the request context (``True``
     #: admits). ``None`` or ``False`` keeps the route a 404.
     stats: t.Callable[[], bool] | bool | None = None
@@ -87,6 +96,10 @@ class SSEConfig:
             or self.heartbeat_interval < 0
         ):
             raise ValueError(f"heartbeat_interval must be >= 0 or None: {self.heartbeat_interval!r}")
+        if self.write_timeout is not None and (
+            not isinstance(self.write_timeout, (int, float)) or self.write_timeout < 0
+        ):
+            raise ValueError(f"write_timeout must be >= 0 or None: {self.write_timeout!r}")
         if not isinstance(self.session_ttl, (int, float)) or self.session_ttl < 0:
             raise ValueError(f"session_ttl must be >= 0: {self.session_ttl!r}")
         if self.overflow not in _OVERFLOW_POLICIES:

@@ -41,6 +41,10 @@ def _check_field(name: str, value: str, *, nul: bool = False) -> str:
         raise ValueError(f"SSE {name} must not contain CR or LF: {value!r}")
     if nul and "\0" in value:
         raise ValueError(f"SSE {name} must not contain NUL: {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"SSE {name} must be encodable as UTF-8: {value!r}") from None
     return value
 
 
@@ -131,7 +135,7 @@ class SSEEvent:
             lines.append(f"data: {line}\n")
         try:
             return "".join(lines).encode("utf-8")
-        except UnicodeEncodeError as e:  # only raw text can hold a lone surrogate
+        except UnicodeEncodeError as e:  # only raw data can still hold a lone surrogate
             raise ValueError(f"raw SSE data must be encodable as UTF-8: {e}") from None
 
     @property

@@ -53,7 +53,8 @@ def create_app() -> Flask:
             return jsonify(queued=publish(body))
         queued = 0
         for i in range(count):
-            queued += publish({**body, "data": {"n": i, "p": body.get("publisher", 0)}})
+            data = {"n": i, "p": body.get("publisher", 0), "pad": "x" * body.get("pad", 0)}
+            queued += publish({**body, "data": data})
         return jsonify(queued=queued)
 
     @app.post("/test/publish-thread")
