@@ -420,7 +420,10 @@ class SSEBroker:
             return None
         del self._clients[client.id]
         if self.config.session_ttl > 0 and client._topics:
-            self._sessions[client.id] = (frozenset(client._topics), time.monotonic() + self.config.session_ttl)
+            self._sessions[client.id] = (
+                frozenset(client._topics),
+                time.monotonic() + self.config.session_ttl,
+            )
         return client
 
     def _recall(self, client_id: str) -> frozenset[str]:
@@ -432,9 +435,7 @@ class SSEBroker:
                 return frozenset()
         return self.backend.recall(client_id) or frozenset()
 
-    def _notify(
-        self, hook: t.Callable[[SSEClient], None] | None, signal_: t.Any, client: SSEClient
-    ) -> None:
+    def _notify(self, hook: t.Callable[[SSEClient], None] | None, signal_: t.Any, client: SSEClient) -> None:
         if hook is not None:
             try:
                 hook(client)
@@ -544,7 +545,9 @@ class SSEBroker:
             client._topics = client._topics - set(topics)
             return frozenset(client._topics)
 
-    def _update_session_locked(self, client_id: str, topics: t.Collection[str], *, add: bool) -> frozenset[str]:
+    def _update_session_locked(
+        self, client_id: str, topics: t.Collection[str], *, add: bool
+    ) -> frozenset[str]:
         session = self._sessions.get(client_id)
         if session is None:
             raise ClientNotFound(client_id)
@@ -676,7 +679,9 @@ class SSEBroker:
         for conn in first:
             logger.warning(
                 "client %r reads too slowly: its buffer of %d events overflowed (%s)",
-                conn.client.id, self.config.event_buffer_size, policy,
+                conn.client.id,
+                self.config.event_buffer_size,
+                policy,
             )
         if signals.event_dropped.receivers:
             for conn in connections:

@@ -9,6 +9,7 @@ lines, :class:`EventDecoder` only turns lines into events.
 from __future__ import annotations
 
 import codecs
+import json
 import typing as t
 from dataclasses import dataclass
 
@@ -21,6 +22,10 @@ class ServerSentEvent:
     data: str = ""
     id: str = ""
     retry: int | None = None
+
+    def json(self) -> t.Any:
+        """The data, JSON-decoded (the server always JSON-encodes it)."""
+        return json.loads(self.data)
 
 
 class LineDecoder:
@@ -91,9 +96,8 @@ class EventDecoder:
         elif name == "id":
             if "\0" not in value:
                 self._last_id = value
-        elif name == "retry":
-            if value.isascii() and value.isdigit():
-                self._retry = int(value)
+        elif name == "retry" and value.isascii() and value.isdigit():
+            self._retry = int(value)
         return None
 
     def _dispatch(self) -> ServerSentEvent | None:

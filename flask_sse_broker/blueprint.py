@@ -7,6 +7,7 @@ request that fails a check leaves no state behind.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -56,7 +57,7 @@ def create_blueprint(
     puts the broker in ``app.extensions["sse"]``.
     """
     bp = Blueprint(name, import_name, url_prefix=url_prefix, cli_group="sse")
-    bp.record_once(lambda state: _on_register(state.app, broker))
+    bp.record_once(lambda state: _on_register(t.cast(Flask, state.app), broker))
 
     @bp.errorhandler(RequestError)
     def request_error(error: RequestError) -> Response:
@@ -168,9 +169,7 @@ def create_blueprint(
                 raise RequestError(403, f"not authorised for topic {topic[:80]!r}")
 
     def _query_topics() -> frozenset[str]:
-        names = [
-            name.strip() for value in request.args.getlist("topics") for name in value.split(",")
-        ]
+        names = [name.strip() for value in request.args.getlist("topics") for name in value.split(",")]
         try:
             return broker.validate_topics(name for name in names if name)
         except (SSEError, ValueError) as e:
@@ -219,10 +218,9 @@ def _limit_write_stall(timeout: float | None) -> None:
     sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
     if not timeout or option is None or sock is None:
         return
-    try:
+    # Not a TCP socket (a unix socket, a test client): nothing to bound.
+    with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, option, int(timeout * 1000))
-    except (OSError, AttributeError):  # not a TCP socket (a unix socket, a test client)
-        pass
 
 
 def _static(filename: str, mimetype: str) -> Response:

@@ -8,6 +8,7 @@ with the spec-correct decoder of :mod:`flask_sse_broker._decoder`.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -35,7 +36,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: t.Callable[[], t.Any], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> t.Any:
+def wait_for(
+    predicate: t.Callable[[], t.Any], timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> t.Any:
     """Poll ``predicate`` until it returns a truthy value; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -88,13 +91,21 @@ class Server:
         if self.kind == "werkzeug":
             return [sys.executable, "-m", "tests.run_werkzeug", self.app, str(self.port)]
         cmd = [
-            sys.executable, "-m", "gunicorn",
-            "-w", str(self.workers),
-            "-b", f"127.0.0.1:{self.port}",
-            "--limit-request-line", "0",
-            "--graceful-timeout", "30",
-            "--timeout", "120",
-            "--log-level", "info",
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            str(self.workers),
+            "-b",
+            f"127.0.0.1:{self.port}",
+            "--limit-request-line",
+            "0",
+            "--graceful-timeout",
+            "30",
+            "--timeout",
+            "120",
+            "--log-level",
+            "info",
         ]
         if self.kind == "gthread":
             cmd += ["-k", "gthread", "--threads", "200"]
@@ -303,10 +314,8 @@ class EventReader:
         """Close the socket abruptly, as a vanished browser would."""
         sock = self.conn.sock
         if sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             # The reader thread holds the socket through the response's file:
             # let it see the end, then release the descriptor for real.
             self.ended.wait(5)

@@ -50,9 +50,10 @@ def test_heartbeats_are_named_events_without_id(server: Server) -> None:
 
 
 def test_topic_events_reach_subscribers_only(server: Server) -> None:
-    with EventReader(connect_url(server, topics="news")) as news, EventReader(
-        connect_url(server, topics="sport")
-    ) as sport:
+    with (
+        EventReader(connect_url(server, topics="news")) as news,
+        EventReader(connect_url(server, topics="sport")) as sport,
+    ):
         news.connected(), sport.connected()
         assert server.publish("news", {"headline": "x"}, event="story") == 1
         event = news.next()
@@ -338,7 +339,9 @@ def test_subscribe_and_unsubscribe_over_http(server: Server, live_client: t.Any)
     assert (status, json.loads(body)) == (200, {"topics": ["x", "y"]})
     server.publish("x", 1)
     assert json.loads(reader.next().data) == 1
-    status, body = http_request("POST", server.url("/_sse/unsubscribe"), {"token": hello["token"], "topics": ["x"]})
+    status, body = http_request(
+        "POST", server.url("/_sse/unsubscribe"), {"token": hello["token"], "topics": ["x"]}
+    )
     assert (status, json.loads(body)) == (200, {"topics": ["y"]})
     server.publish("x", 2)
     server.publish("y", 3)
@@ -353,14 +356,26 @@ def test_subscribe_and_unsubscribe_over_http(server: Server, live_client: t.Any)
         (b'{"topics": ["a"]}', {"Content-Type": "application/json"}, 400),
         (b'{"token": "TOKEN", "topics": "a"}', {"Content-Type": "application/json"}, 400),
         (b'{"token": "TOKEN", "topics": [1]}', {"Content-Type": "application/json"}, 400),
-        (b'{"token": "TOKEN", "topics": ["' + LONG.encode() + b'"]}', {"Content-Type": "application/json"}, 400),
+        (
+            b'{"token": "TOKEN", "topics": ["' + LONG.encode() + b'"]}',
+            {"Content-Type": "application/json"},
+            400,
+        ),
         (b'{"token": "TOKEN", "topics": ["a\\nb"]}', {"Content-Type": "application/json"}, 400),
-        (b'{"token": "TOKEN", "topics": ["a","b","c","d","e","f"]}', {"Content-Type": "application/json"}, 400),
+        (
+            b'{"token": "TOKEN", "topics": ["a","b","c","d","e","f"]}',
+            {"Content-Type": "application/json"},
+            400,
+        ),
         (b'{"token": "TOKEN", "topics": ["a"]}', {"Content-Type": "text/plain"}, 415),
         (b'{"token": "TOKEN", "topics": ["a"]}', {}, 415),
         (b'{"token": "forged.sig", "topics": ["a"]}', {"Content-Type": "application/json"}, 403),
         (b'{"token": "TOKEN", "topics": ["secret-x"]}', {"Content-Type": "application/json"}, 403),
-        (b'{"token": "TOKEN", "topics": ["' + b"a" * 70_000 + b'"]}', {"Content-Type": "application/json"}, 413),
+        (
+            b'{"token": "TOKEN", "topics": ["' + b"a" * 70_000 + b'"]}',
+            {"Content-Type": "application/json"},
+            413,
+        ),
     ],
 )
 def test_bad_subscribe_requests_get_their_status(
@@ -369,7 +384,10 @@ def test_bad_subscribe_requests_get_their_status(
     _, hello = live_client
     before = server.state()
     got, answer = http_request(
-        "POST", server.url("/_sse/subscribe"), raw=body.replace(b"TOKEN", hello["token"].encode()), headers=headers
+        "POST",
+        server.url("/_sse/subscribe"),
+        raw=body.replace(b"TOKEN", hello["token"].encode()),
+        headers=headers,
     )
     assert got == status, answer
     assert json.loads(answer)["error"]
@@ -381,7 +399,9 @@ def test_subscribe_for_a_client_that_is_gone_is_404(server: Server) -> None:
     hello = reader.connected()
     reader.close()
     wait_for(lambda: hello["clientId"] not in server.state()["clients"], 5, what="release")
-    status, body = http_request("POST", server.url("/_sse/subscribe"), {"token": hello["token"], "topics": ["a"]})
+    status, body = http_request(
+        "POST", server.url("/_sse/subscribe"), {"token": hello["token"], "topics": ["a"]}
+    )
     assert status == 404
     assert json.loads(body)["error"]
 
@@ -422,7 +442,7 @@ def _get_with_headers(url: str) -> tuple[int, t.Any, bytes]:
 
 def test_stats_are_404_unless_enabled(make_server: t.Any) -> None:
     srv = make_server("werkzeug", config={"SSE_STATS": None})
-    status, body = http_request("GET", srv.url("/_sse/stats"))
+    status, _body = http_request("GET", srv.url("/_sse/stats"))
     assert status == 404
 
 
@@ -443,7 +463,10 @@ def test_identify_binds_tokens_to_the_user(make_server: t.Any) -> None:
         )
         assert status == 403
         status, _ = http_request(
-            "POST", srv.url("/_sse/subscribe"), {"token": hello["token"], "topics": ["a"]}, headers={"X-User": "alice"}
+            "POST",
+            srv.url("/_sse/subscribe"),
+            {"token": hello["token"], "topics": ["a"]},
+            headers={"X-User": "alice"},
         )
         assert status == 200
 

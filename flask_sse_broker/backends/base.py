@@ -30,7 +30,7 @@ class Envelope:
     ``None`` for frames outside the event sequence (heartbeats).
     """
 
-    __slots__ = ("id", "key", "kind", "target", "frame")
+    __slots__ = ("frame", "id", "key", "kind", "target")
 
     def __init__(
         self, id: str | None, key: tuple[int, int] | None, kind: str, target: str | None, frame: bytes
