@@ -1,0 +1,80 @@
+"""The Flask integration: registration, configuration, static client, CLI."""
+
+from __future__ import annotations
+
+import json
+import typing as t
+
+import pytest
+from flask import Flask
+
+from flask_sse_broker import SSEBroker, SSEConfig, create_blueprint, setup_sse
+from flask_sse_broker.blueprint import current_broker
+
+
+@pytest.fixture
+def app() -> Flask:
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "k"
+    return app
+
+
+def test_setup_sse_serves_a_broker_at_a_prefix(app: Flask) -> None:
+    broker = setup_sse(app, SSEBroker(SSEConfig(handle_sigterm=False)), "/events")
+    with app.app_context():
+        assert current_broker() is broker
+    response = app.test_client().get("/events/connect?topics=a", buffered=False)
+    try:
+        assert response.status_code == 200
+        first = next(response.response)  # type: ignore[call-overload]
+        assert b"event: connected" in first
+        assert broker.clients_by_topic("a")
+    finally:
+        response.close()
+    assert broker.client_count() == 0
+
+
+def test_sse_config_keys_configure_the_broker_at_registration(app: Flask) -> None:
+    app.config.update(SSE_HEARTBEAT_INTERVAL=2.5, SSE_EVENT_BUFFER_SIZE=7, SSE_HANDLE_SIGTERM=False)
+    broker = SSEBroker()
+    app.register_blueprint(create_blueprint(broker))
+    assert broker.config.heartbeat_interval == 2.5
+    assert broker.config.event_buffer_size == 7
+
+
+def test_invalid_sse_config_key_fails_registration(app: Flask) -> None:
+    app.config["SSE_OVERFLOW"] = "explode"
+    with pytest.raises(ValueError, match="overflow"):
+        app.register_blueprint(create_blueprint(SSEBroker(SSEConfig(handle_sigterm=False))))
+
+
+@pytest.mark.parametrize(("path", "mimetype"), [("client.js", "text/javascript"), ("client.d.ts", None)])
+def test_browser_client_is_served_with_a_validator(app: Flask, path: str, mimetype: str | None) -> None:
+    app.register_blueprint(create_blueprint(SSEBroker(SSEConfig(handle_sigterm=False))))
+    client = app.test_client()
+    first = client.get("/_sse/" + path)
+    assert first.status_code == 200
+    if mimetype:
+        assert first.mimetype == mimetype
+    assert first.headers["ETag"]
+    assert "max-age" in first.headers["Cache-Control"]
+    again = client.get("/_sse/" + path, headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304
+
+
+def test_cli_publish_refuses_without_a_shared_backend(app: Flask) -> None:
+    app.register_blueprint(create_blueprint(SSEBroker(SSEConfig(handle_sigterm=False))))
+    result = app.test_cli_runner().invoke(args=["sse", "publish", "orders", '{"id": 1}'])
+    assert result.exit_code != 0
+    assert "SSE_REDIS_URL" in result.output
+
+
+def test_cli_stats_prints_json(app: Flask) -> None:
+    broker = SSEBroker(SSEConfig(handle_sigterm=False, heartbeat_interval=0))
+    app.register_blueprint(create_blueprint(broker))
+    broker.open_stream("c", topics=["t"])
+    result = app.test_cli_runner().invoke(args=["sse", "stats"])
+    assert result.exit_code == 0, result.output
+    stats: dict[str, t.Any] = json.loads(result.output)
+    assert stats["clients"] == 1
+    assert stats["cluster_clients"] == 1
