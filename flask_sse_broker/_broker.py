@@ -109,26 +109,33 @@ class SSEConnection:
         head, self._head = self._head, None
         if head:
             return b"".join(head)
+        while True:
+            batch = self._take()
+            skip = self._skip_through
+            if skip is not None:
+                # Live events that the replay already sent (a distributed
+                # backend replays outside the lock, so the two may overlap).
+                batch = deque(e for e in batch if e.key is None or e.key > skip)
+                if any(e.key is not None for e in batch):
+                    self._skip_through = None
+            if batch:
+                # Never an empty chunk: to a chunked response that means the end.
+                return b"".join([e.frame for e in batch])
+
+    def _take(self) -> deque[Envelope]:
+        """Wait until something is queued; take all of it."""
         lock = self._broker._lock
         while True:
             with lock:
                 if self._queue:
                     batch, self._queue = self._queue, deque()
-                    break
+                    return batch
                 if self._closed:
                     self._broker._finish_locked(self)
                     raise StopIteration
                 self._waiting = True
                 self._wake.clear()
             self._wake.wait()
-        skip = self._skip_through
-        if skip is not None:
-            # Live events that a replay already sent (a distributed backend
-            # replays outside the lock, so the two may overlap).
-            batch = deque(e for e in batch if e.key is None or e.key > skip)
-            if not batch:
-                return b""
-        return b"".join([e.frame for e in batch])
 
     def close(self) -> None:
         """End this stream and release it from the broker (idempotent)."""

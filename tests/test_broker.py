@@ -392,3 +392,25 @@ def test_helper_patterns_for_client_all_and_topic(
     getattr(helper, method + "_all")(*args)
     getattr(helper, method + "_topic")("t", *args)
     assert payloads(read(conn), name) == [data, data, data]
+
+
+def test_an_event_both_replayed_and_delivered_live_arrives_once() -> None:
+    from flask_sse_broker.backends.base import ALL, Replay
+    from flask_sse_broker.backends.memory import MemoryBackend
+
+    class OverlappingBackend(MemoryBackend):
+        """Replays outside the lock, as a distributed backend does: an event
+        published between registration and the history read is both queued
+        live and part of the replay."""
+
+        def replay(self, cursor: str | None) -> Replay:
+            self.publish(ALL, None, SSEEvent("overlap").body)
+            return super().replay(cursor)
+
+    broker = SSEBroker(SSEConfig(heartbeat_interval=0, handle_sigterm=False), backend=OverlappingBackend(100))
+    broker.broadcast("before")
+    cursor = broker.last_event_id()
+    broker.broadcast("missed")
+    conn = broker.open_stream(last_event_id=cursor)
+    broker.broadcast("after")
+    assert payloads(read(conn)) == ["missed", "overlap", "after"]
