@@ -19,6 +19,7 @@ from .exceptions import (
     InvalidEventId,
     InvalidTopic,
     SSEError,
+    TooManyConnections,
     TooManyTopics,
 )
 from .helper import SSEHelper
@@ -46,6 +47,7 @@ __all__ = [
     "SSEError",
     "SSEEvent",
     "SSEHelper",
+    "TooManyConnections",
     "TooManyTopics",
     "broker",
     "client_connected",

@@ -29,6 +29,7 @@ from .exceptions import (
     EventTooLarge,
     InvalidEventId,
     InvalidTopic,
+    TooManyConnections,
     TooManyTopics,
 )
 
@@ -338,7 +339,7 @@ class SSEBroker:
             if self._closing:
                 raise BrokerUnavailable("the server is shutting down", retry_after=5)
             if limit is not None and len(self._connections) >= limit:
-                raise BrokerUnavailable("too many connections", retry_after=5)
+                raise TooManyConnections(limit)
             client = self._clients.get(client_id)
             first = client is None
             if client is None:

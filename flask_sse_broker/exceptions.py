@@ -59,5 +59,13 @@ class BrokerUnavailable(SSEError):
         self.retry_after = retry_after
 
 
+class TooManyConnections(BrokerUnavailable, ValueError):
+    """The broker already serves ``max_connections`` streams."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"too many connections (at most {limit})", retry_after=5)
+        self.limit = limit
+
+
 class BackendError(SSEError):
     """The backend (e.g. Redis) could not carry out an operation."""

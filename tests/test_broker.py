@@ -284,6 +284,8 @@ def test_max_connections_gives_unavailable(broker: SSEBroker) -> None:
     broker.open_stream()
     with pytest.raises(BrokerUnavailable):
         broker.open_stream()
+    with pytest.raises(ValueError, match="too many connections"):
+        broker.connect()
     assert broker.stats()["connections"] == 2
 
 
