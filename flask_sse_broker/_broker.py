@@ -232,6 +232,10 @@ class SSEBroker:
             if self._started:
                 return
             self._started = True
+            # Made now, not at import: under gevent they must be the
+            # monkey-patched kind, and patching may come after the import.
+            self._stop = threading.Event()
+            self._drained = threading.Event()
         self.backend.start()
         if self.config.heartbeat_seconds > 0:
             self._heartbeat_thread = threading.Thread(
