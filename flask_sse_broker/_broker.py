@@ -20,10 +20,12 @@ import weakref
 from collections import deque
 
 from . import signals
+from ._wake import new_wake
 from .backends.base import ALL, CLIENT, TOPIC, Backend, Envelope, Replay
 from .config import SSEConfig
 from .event import HEARTBEAT, SSEEvent, check_event_id, control_frame
 from .exceptions import (
+    BackendError,
     BrokerUnavailable,
     ClientNotFound,
     EventTooLarge,
@@ -88,7 +90,7 @@ class SSEConnection:
         self.dropped = 0
         self._broker = broker
         self._queue: deque[Envelope] = deque()
-        self._wake = threading.Event()
+        self._wake = new_wake(broker.batched_wakeups)
         self._waiting = False
         self._closed = False
         self._released = False
@@ -165,6 +167,11 @@ class SSEBroker:
     :param backend: what carries events; chosen from ``config.redis_url`` when
         omitted.
     """
+
+    #: Under gevent, wake the streams a publish feeds through one hub callback
+    #: that switches to each in turn, instead of an ``Event`` per stream (see
+    #: ``_wake.py``). Set to ``False`` to fall back to one ``Event`` each.
+    batched_wakeups = True
 
     def __init__(self, config: SSEConfig | None = None, backend: Backend | None = None) -> None:
         self.config = config if config is not None else SSEConfig()
@@ -758,7 +765,11 @@ class SSEBroker:
                 queued_now=sum(len(c._queue) for c in self._connections),
                 closing=self._closing,
             )
-        result["last_event_id"] = self.last_event_id()
+        try:
+            result["last_event_id"] = self.last_event_id()
+        except BackendError as e:  # stats must answer while Redis is down
+            result["last_event_id"] = None
+            result["backend_error"] = str(e)
         result["backend"] = type(self.backend).__name__
         return result
 

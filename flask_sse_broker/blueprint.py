@@ -17,7 +17,7 @@ import typing as t
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
 
 from ._broker import SSEBroker, install_sigterm_handler, new_client_id
-from .exceptions import BrokerUnavailable, ClientNotFound, SSEError
+from .exceptions import BackendError, BrokerUnavailable, ClientNotFound, SSEError
 from .tokens import load_token, make_token
 
 #: Largest JSON body accepted by ``/subscribe`` and ``/unsubscribe``.
@@ -63,6 +63,13 @@ def create_blueprint(
     def request_error(error: RequestError) -> Response:
         return error.response()
 
+    @bp.errorhandler(BackendError)
+    def backend_error(error: BackendError) -> Response:
+        # The backend (Redis) is unreachable: the request may succeed later.
+        return RequestError(
+            503, f"the event backend is unavailable: {error}", {"Retry-After": "5"}
+        ).response()
+
     @bp.get("/connect")
     def connect() -> Response:
         if broker.closing:
@@ -81,6 +88,8 @@ def create_blueprint(
             )
         except BrokerUnavailable as e:
             raise RequestError(503, e.reason, {"Retry-After": str(e.retry_after)}) from None
+        except BackendError:
+            raise
         except (SSEError, ValueError, TypeError) as e:
             raise RequestError(400, str(e)) from None
         _limit_write_stall(broker.config.write_timeout)
@@ -114,6 +123,8 @@ def create_blueprint(
                 now = broker.unsubscribe(client_id, *topic_set)
         except ClientNotFound:
             raise RequestError(404, "the client is not connected") from None
+        except BackendError:
+            raise
         except (SSEError, ValueError) as e:
             raise RequestError(400, str(e)) from None
         return jsonify(topics=sorted(now))

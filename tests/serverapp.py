@@ -50,7 +50,7 @@ def create_app() -> Flask:
         body = request.get_json()
         count = body.get("count")
         if count is None:
-            return jsonify(queued=publish(body))
+            return jsonify(queued=publish(body), pid=os.getpid())
         queued = 0
         for i in range(count):
             data = {"n": i, "p": body.get("publisher", 0), "pad": "x" * body.get("pad", 0)}
