@@ -526,3 +526,32 @@ def test_500_clients_use_a_constant_small_number_of_redis_connections(prefix: st
 
 def _worker_connections(prefix: str, pid: int) -> list[dict[str, t.Any]]:
     return [c for c in connections_named(SHARED_URL, f"{prefix}:") if f":{pid}:" in c["name"]]
+
+
+# -- the CLI -------------------------------------------------------------------
+
+
+def test_flask_sse_publish_reaches_a_stream_served_elsewhere(cluster: Cluster, prefix: str) -> None:
+    from flask import Flask
+
+    from flask_sse_broker import create_blueprint
+
+    server = cluster.broker()
+    reader = ConnectionReader(server.open_stream("alice", topics=["orders"]))
+    reader.connected()
+    app = Flask(__name__)
+    app.config.update(SSE_REDIS_URL=SHARED_URL, SSE_REDIS_PREFIX=prefix, SSE_HANDLE_SIGTERM=False)
+    cli_broker = SSEBroker()
+    app.register_blueprint(create_blueprint(cli_broker))
+    try:
+        result = app.test_cli_runner().invoke(
+            args=["sse", "publish", "orders", '{"id": 7}', "--event", "order"]
+        )
+        assert result.exit_code == 0, result.output
+        event = reader.next()
+        assert (event.event, json.loads(event.data)) == ("order", {"id": 7})
+        result = app.test_cli_runner().invoke(args=["sse", "stats"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["cluster_clients"] == 1
+    finally:
+        cli_broker.shutdown(timeout=0)
