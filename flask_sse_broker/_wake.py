@@ -20,6 +20,7 @@ import threading
 import typing as t
 import weakref
 from collections import deque
+from time import perf_counter as _perf_counter
 
 __all__ = ["new_wake"]
 
@@ -69,6 +70,10 @@ class _HubBatch:
         self.ident = self._get_ident()
         self.pending: deque[GreenletWake] = deque()
         self.scheduled = False
+        from gevent import getswitchinterval
+
+        #: Longest run of stream switches before the hub polls I/O again.
+        self.slice = getswitchinterval()
 
     def add(self, wake: GreenletWake) -> None:
         self.pending.append(wake)
@@ -80,9 +85,18 @@ class _HubBatch:
                 self.loop.run_callback_threadsafe(self.run)
 
     def run(self) -> None:
-        """In the hub: resume every woken greenlet that is still parked."""
+        """In the hub: resume every woken greenlet that is still parked.
+
+        Like gevent's own callback loop, it hands the hub back to I/O after a
+        switch interval (5 ms) and resumes after the next poll, so a publisher
+        is not kept waiting behind thousands of streams; the streams it then
+        feeds send what queued meanwhile in the same write.
+        """
         self.scheduled = False
         pending = self.pending
+        clock = _perf_counter
+        stop = clock() + self.slice
+        count = 0
         while pending:
             try:
                 wake = pending.popleft()
@@ -96,6 +110,16 @@ class _HubBatch:
                 glet.switch()
             except Exception:  # pragma: no cover - greenlets handle their own errors
                 self.hub.handle_error(glet, *_exc_info())
+            count += 1
+            if not count & 31 and pending and clock() > stop:
+                self.scheduled = True
+                timer = self.loop.timer(0.0)
+                timer.start(self._resume, timer)
+                return
+
+    def _resume(self, timer: t.Any) -> None:
+        timer.close()
+        self.run()
 
 
 def _exc_info() -> tuple[t.Any, ...]:

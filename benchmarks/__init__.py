@@ -1,0 +1,1 @@
+"""Benchmarks of flask-sse-broker against the alternatives; see README.md."""

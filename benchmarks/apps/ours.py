@@ -1,0 +1,28 @@
+"""flask-sse-broker under test: the blueprint plus a publish route."""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask, request
+
+from flask_sse_broker import SSEBroker, SSEConfig, create_blueprint
+
+app = Flask(__name__)
+app.config["SECRET_KEY"] = "bench"
+broker = SSEBroker(
+    SSEConfig(
+        heartbeat_interval=float(os.environ.get("BENCH_HEARTBEAT", "5")),
+        event_buffer_size=int(os.environ.get("BENCH_BUFFER", "100")),
+        max_topics_per_connection=10,
+    )
+)
+# Benchmarks of what an optimisation bought switch it off here.
+broker.batched_wakeups = os.environ.get("BENCH_WAKE", "batched") == "batched"
+app.register_blueprint(create_blueprint(broker))
+
+
+@app.post("/publish")
+def publish() -> dict[str, int]:
+    queued = broker.broadcast_to_topic(request.args["topic"], request.get_data(as_text=True))
+    return {"queued": queued}

@@ -1,0 +1,557 @@
+"""Run every scenario against every server; write JSON and a markdown table.
+
+    python -m benchmarks            # the full run (about 15 minutes)
+    python -m benchmarks --quick    # one short pass, for a smoke test
+
+See ``benchmarks/README.md`` for the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import typing as t
+from pathlib import Path
+
+from . import loadgen
+from .loadgen import CPUMeter, Group, Publisher
+from .servers import IMPLS, LOADGEN_CPU, Impl, Running
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: Load generator CPU use (share of one core) above which it, not the server,
+#: probably limited the figures.
+LOADGEN_BOTTLENECK = 0.9
+#: Nobody waits longer than this for deliveries after the last publish.
+DRAIN_TIMEOUT = 20.0
+QUIET = 3.0
+
+
+def percentile(sorted_values: t.Sequence[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+async def warm_up(publisher: Publisher, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if await publisher.post(999_999, b"warmup", timeout=5) < 500:
+                return
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.1)
+
+
+async def deliver(
+    server: Running,
+    group: Group,
+    publishers: list[Publisher],
+    schedule: list[tuple[int, int]],
+    rate: float | None,
+    expected: int,
+) -> dict[str, t.Any]:
+    """Publish ``schedule`` ((topic, seq) pairs), at ``rate`` per second or as
+    fast as the server answers, and wait for the deliveries.
+
+    With several publishers each owns the topics ``topic % len(publishers)``
+    and publishes them in order, concurrently with the others.
+    """
+    group.reset()
+    await asyncio.sleep(0.3)
+    meter = CPUMeter()
+    cpu0 = server.cpu()
+    t0 = time.time()
+    counts = {"published": 0, "bad": 0}
+
+    async def publish_share(index: int) -> None:
+        publisher = publishers[index]
+        for i, (topic, seq) in enumerate(schedule):
+            if topic % len(publishers) != index:
+                continue
+            if rate:
+                delay = t0 + i / rate - time.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if time.time() - t0 > 60:
+                break  # a server that cannot keep up is cut off, not waited for
+            if await publisher.publish(topic, seq) >= 300:
+                counts["bad"] += 1
+            counts["published"] += 1
+
+    await asyncio.gather(*(publish_share(i) for i in range(len(publishers))))
+    published = counts["published"]
+    statuses_bad = counts["bad"]
+    t_pub = time.time()
+    cpu_at_last = server.cpu()
+    seen = group.deliveries
+    last_progress = time.monotonic()
+    deadline = last_progress + DRAIN_TIMEOUT
+    while group.deliveries < expected:
+        await asyncio.sleep(0.05)
+        now = time.monotonic()
+        if group.deliveries != seen:
+            seen = group.deliveries
+            last_progress = now
+            cpu_at_last = server.cpu()
+        elif now - last_progress > QUIET or now > deadline:
+            break
+    else:
+        cpu_at_last = server.cpu()
+    loadgen_cpu = meter.utilisation()
+    lat = sorted(group.latencies)
+    received = sum(len(s.counts) - s.counts.count(0) for s in group.streams if s.primed)
+    total = sum(sum(s.counts) for s in group.streams if s.primed)
+    duration = (group.last_at or time.time()) - t0
+    deliveries = group.deliveries
+    cpu = cpu_at_last - cpu0
+    return {
+        "published": published,
+        "publish_rate": published / max(1e-9, t_pub - t0),
+        "bad_publishes": statuses_bad,
+        "expected": expected,
+        "deliveries": deliveries,
+        "deliveries_per_s": deliveries / duration if duration > 0 else 0.0,
+        "lost": expected - received,
+        "duplicated": total - received,
+        "out_of_order": group.out_of_order,
+        "wrong_topic": group.wrong_topic,
+        "p50_ms": _ms(percentile(lat, 0.50)),
+        "p99_ms": _ms(percentile(lat, 0.99)),
+        "max_ms": _ms(lat[-1] if lat else None),
+        "server_cpu_s": cpu,
+        "cpu_us_per_delivery": cpu / deliveries * 1e6 if deliveries else None,
+        "loadgen_cpu": loadgen_cpu,
+        "loadgen_bottleneck": loadgen_cpu > LOADGEN_BOTTLENECK,
+        "server_alive": server.alive(),
+    }
+
+
+def _stream_path(impl: Impl) -> t.Callable[[int], str]:
+    return lambda topic: impl.stream.format(topic=topic)
+
+
+def _publish_path(impl: Impl) -> t.Callable[[int], str]:
+    return lambda topic: impl.publish.format(topic=topic)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 2)
+
+
+async def fanout(
+    impl_name: str, sizes: list[int], n_burst: int, n_steady: int, rate: float, heartbeat: float
+) -> list[dict[str, t.Any]]:
+    out = []
+    for n in sizes:
+        server = Running(IMPLS[impl_name], heartbeat)
+        try:
+            impl = server.impl
+            publisher = Publisher(server.port, _publish_path(impl))
+            await warm_up(publisher)
+            phases = [("burst", n_burst, None), ("steady", n_steady, rate)]
+            group = Group(max(n_burst, n_steady))
+            await loadgen.open_streams(group, server.port, _stream_path(impl), [0] * n)
+            primed = await loadgen.prime(group, publisher, [0])
+            for mode, count, r in phases:
+                result = await deliver(
+                    server, group, [publisher], [(0, s) for s in range(count)], r, group.primed * count
+                )
+                result.update(
+                    scenario="fanout",
+                    mode=mode,
+                    subscribers=n,
+                    opened=group.ok,
+                    primed=group.primed,
+                    all_primed=primed,
+                )
+                out.append(result)
+                _log(impl_name, result)
+            loadgen.close_streams(group)
+            publisher.close()
+        finally:
+            server.stop()
+    return out
+
+
+async def topics(
+    impl_name: str, n_subs: int, n_topics: int, n_msgs: int, heartbeat: float, n_publishers: int
+) -> dict[str, t.Any]:
+    server = Running(IMPLS[impl_name], heartbeat)
+    try:
+        impl = server.impl
+        publisher = Publisher(server.port, _publish_path(impl))
+        await warm_up(publisher)
+        group = Group(n_msgs)
+        await loadgen.open_streams(
+            group, server.port, _stream_path(impl), [i % n_topics for i in range(n_subs)]
+        )
+        await loadgen.prime(group, publisher, range(n_topics))
+        schedule = [(tp, seq) for seq in range(n_msgs) for tp in range(n_topics)]
+        publishers = [publisher] + [
+            Publisher(server.port, _publish_path(impl)) for _ in range(n_publishers - 1)
+        ]
+        result = await deliver(server, group, publishers, schedule, None, group.primed * n_msgs)
+        for p in publishers:
+            p.close()
+        exact = (
+            all(s.counts == b"\x01" * n_msgs for s in group.streams if s.primed)
+            and group.wrong_topic == 0
+            and group.out_of_order == 0
+        )
+        result.update(
+            scenario="topics",
+            subscribers=n_subs,
+            topics=n_topics,
+            messages=n_msgs,
+            primed=group.primed,
+            exact=exact,
+        )
+        _log(impl_name, result)
+        loadgen.close_streams(group)
+        publisher.close()
+        return result
+    finally:
+        server.stop()
+
+
+async def connections(
+    impl_name: str, sizes: list[int], idle_window: float, heartbeat: float
+) -> list[dict[str, t.Any]]:
+    """Open ``sizes`` idle streams cumulatively on one server; RSS and idle CPU at each."""
+    server = Running(IMPLS[impl_name], heartbeat)
+    out = []
+    try:
+        impl = server.impl
+        publisher = Publisher(server.port, _publish_path(impl))
+        await warm_up(publisher)
+        await asyncio.sleep(0.5)
+        rss0 = server.rss()
+        groups: list[Group] = []
+        opened = 0
+        for n in sizes:
+            group = Group(1, keep_latency=False)
+            groups.append(group)
+            t0 = time.monotonic()
+            await loadgen.open_streams(group, server.port, _stream_path(impl), [0] * (n - opened), timeout=90)
+            await loadgen.prime(group, publisher, [0], timeout=30)
+            open_s = time.monotonic() - t0
+            opened = n
+            await asyncio.sleep(1.0)
+            alive = sum(1 for g in groups for s in g.streams if s.primed and s.state != loadgen.DONE)
+            rss = server.rss()
+            meter = CPUMeter()
+            cpu0 = server.cpu()
+            w0 = time.monotonic()
+            await asyncio.sleep(idle_window)
+            idle = (server.cpu() - cpu0) / (time.monotonic() - w0)
+            alive_after = sum(1 for g in groups for s in g.streams if s.primed and s.state != loadgen.DONE)
+            result = {
+                "scenario": "connections",
+                "connections": n,
+                "succeeded": min(alive, alive_after),
+                "open_seconds": round(open_s, 2),
+                "rss_mib": round(rss / 2**20, 1),
+                "rss_kib_per_connection": round((rss - rss0) / 1024 / max(1, alive), 2),
+                "idle_cpu_percent": round(idle * 100, 2),
+                "loadgen_cpu": meter.utilisation(),
+                "server_alive": server.alive(),
+            }
+            out.append(result)
+            _log(impl_name, result)
+            if not server.alive():
+                break
+        for g in groups:
+            loadgen.close_streams(g)
+        publisher.close()
+    finally:
+        server.stop()
+    return out
+
+
+def _log(impl: str, result: dict[str, t.Any]) -> None:
+    keys = (
+        "scenario",
+        "mode",
+        "subscribers",
+        "connections",
+        "deliveries_per_s",
+        "cpu_us_per_delivery",
+        "p50_ms",
+        "p99_ms",
+        "lost",
+        "duplicated",
+        "publish_rate",
+        "succeeded",
+        "rss_kib_per_connection",
+        "idle_cpu_percent",
+        "exact",
+        "loadgen_cpu",
+    )
+    shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items() if k in keys}
+    print(f"  [{impl}] {shown}", flush=True)
+
+
+def micro(quick: bool) -> dict[str, t.Any]:
+    cmd = [sys.executable, "-m", "benchmarks.publish_micro", "--json"]
+    if quick:
+        cmd.append("--quick")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        preexec_fn=lambda: os.sched_setaffinity(0, {0}),
+    )
+    if done.returncode:
+        return {"error": done.stderr[-2000:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict[str, t.Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    versions = {}
+    for mod in ("flask", "gunicorn", "gevent", "uvicorn", "sse_starlette", "uvloop", "flask_sse"):
+        try:
+            m = __import__(mod)
+            versions[mod] = getattr(m, "__version__", "?")
+        except ImportError:
+            pass
+    try:
+        nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    except OSError:
+        nginx = ""
+    return {
+        "cpu": model,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nginx": nginx,
+        "versions": versions,
+        "loop": type(asyncio.get_event_loop_policy()).__module__,
+    }
+
+
+async def one_run(impls: list[str], args: argparse.Namespace) -> list[dict[str, t.Any]]:
+    rows: list[dict[str, t.Any]] = []
+    for name in impls:
+        print(f"- {name}", flush=True)
+        hb = args.heartbeat
+        try:
+            if "fanout" in args.scenarios:
+                for r in await fanout(name, args.fanout_sizes, args.burst, args.steady, args.rate, hb):
+                    rows.append({"impl": name, **r})
+            if "topics" in args.scenarios:
+                rows.append(
+                    {"impl": name, **await topics(name, 1000, 100, args.topic_messages, hb, args.publishers)}
+                )
+            if "connections" in args.scenarios and name in args.connection_impls:
+                for r in await connections(name, args.connection_sizes, args.idle_window, hb):
+                    rows.append({"impl": name, **r})
+        except Exception as e:  # one server failing must not lose the others' figures
+            print(f"  [{name}] FAILED: {e!r}", flush=True)
+            rows.append({"impl": name, "scenario": "error", "error": repr(e)})
+    return rows
+
+
+def summarise(rows: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
+    """Median of every numeric figure over the runs of each (impl, scenario, size, mode)."""
+    groups: dict[tuple[t.Any, ...], list[dict[str, t.Any]]] = {}
+    for row in rows:
+        if row["scenario"] == "error":
+            continue
+        key = (row["impl"], row["scenario"], row.get("mode"), row.get("subscribers"), row.get("connections"))
+        groups.setdefault(key, []).append(row)
+    out = []
+    for rs in groups.values():
+        med: dict[str, t.Any] = {"runs": len(rs)}
+        for k in rs[0]:
+            values = [r.get(k) for r in rs]
+            nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if nums and len(nums) == len(values):
+                med[k] = statistics.median(nums)
+            elif all(isinstance(v, bool) for v in values):
+                med[k] = all(values)
+            else:
+                med[k] = values[0]
+        med["loadgen_bottleneck"] = any(r.get("loadgen_bottleneck") for r in rs)
+        out.append(med)
+    return out
+
+
+def _f(value: t.Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def markdown(
+    summary: list[dict[str, t.Any]], micro_result: dict[str, t.Any], info: dict[str, t.Any], runs: int
+) -> str:
+    label = {k: v.label for k, v in IMPLS.items()}
+    lines = [
+        f"Medians of {runs} run(s); server pinned to CPU 0, load generator to CPU 1. {info['cpu']}, "
+        f"{info['cpus']} CPUs, Python {info['python']}, kernel {info['kernel']}.",
+        "",
+    ]
+    fan = [r for r in summary if r["scenario"] == "fanout"]
+    if fan:
+        lines += [
+            "### Fan-out (one topic)",
+            "",
+            "| mode | subscribers | server | CPU µs / delivery | deliveries/s | publishes/s "
+            "| p50 ms | p99 ms | max ms | lost | dup | loadgen CPU |",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in sorted(fan, key=lambda r: (r["mode"], r["subscribers"], _order(r["impl"]))):
+            lg = f"{r['loadgen_cpu'] * 100:.0f} %" + (" ⚠" if r["loadgen_bottleneck"] else "")
+            lines.append(
+                f"| {r['mode']} | {r['subscribers']:,} | {label[r['impl']]} "
+                f"| {_f(r['cpu_us_per_delivery'], 2)} "
+                f"| {_f(r['deliveries_per_s'], 0)} | {_f(r['publish_rate'], 1)} | {_f(r['p50_ms'])} "
+                f"| {_f(r['p99_ms'])} | {_f(r['max_ms'])} | {_f(r['lost'], 0)} "
+                f"| {_f(r['duplicated'], 0)} | {lg} |"
+            )
+        lines.append("")
+    top = [r for r in summary if r["scenario"] == "topics"]
+    if top:
+        lines += [
+            "### Topics (1,000 subscribers over 100 topics, burst)",
+            "",
+            "| server | deliveries/s | CPU µs / delivery | p99 ms | lost | exact per-topic delivery |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for r in sorted(top, key=lambda r: _order(r["impl"])):
+            lines.append(
+                f"| {label[r['impl']]} | {_f(r['deliveries_per_s'], 0)} | {_f(r['cpu_us_per_delivery'], 2)} "
+                f"| {_f(r['p99_ms'])} | {_f(r['lost'], 0)} | {_f(r['exact'])} |"
+            )
+        lines.append("")
+    con = [r for r in summary if r["scenario"] == "connections"]
+    if con:
+        lines += [
+            "### Idle connections (heartbeat every 5 s)",
+            "",
+            "| connections | server | succeeded | RSS KiB / connection | idle CPU % |",
+            "|---:|---|---:|---:|---:|",
+        ]
+        for r in sorted(con, key=lambda r: (r["connections"], _order(r["impl"]))):
+            lines.append(
+                f"| {r['connections']:,} | {label[r['impl']]} | {_f(r['succeeded'], 0)} "
+                f"| {_f(r['rss_kib_per_connection'])} | {_f(r['idle_cpu_percent'], 2)} |"
+            )
+        lines.append("")
+    if micro_result and "error" not in micro_result:
+        lines += [
+            "### In-process publish (`broadcast_to_topic`, 5,000 local subscribers)",
+            "",
+            "| figure | value |",
+            "|---|---:|",
+        ]
+        for k, v in micro_result.items():
+            if isinstance(v, (int, float)):
+                lines.append(f"| {k} | {_f(v, 3)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _order(impl: str) -> int:
+    return list(IMPLS).index(impl)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="one short pass (smoke test)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--impls", default="ours,handwritten,starlette,nchan,ours-pywsgi,flask-sse")
+    parser.add_argument("--connection-impls", default="ours,handwritten,starlette,nchan,flask-sse")
+    parser.add_argument("--scenarios", default="fanout,topics,connections")
+    parser.add_argument("--fanout-sizes", default="100,1000,5000")
+    parser.add_argument("--connection-sizes", default="1000,5000,10000")
+    parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--steady", type=int, default=100, help="messages of the steady phase")
+    parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument("--topic-messages", type=int, default=20)
+    parser.add_argument("--heartbeat", type=float, default=5.0)
+    parser.add_argument("--idle-window", type=float, default=10.0, help="seconds of idle CPU measurement")
+    parser.add_argument("--publishers", type=int, default=4, help="concurrent publishers in the topics burst")
+    parser.add_argument("--no-micro", action="store_true")
+    parser.add_argument("--tag", default="", help="suffix of the result files")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs = 1
+        args.steady = 40
+        args.burst = 100
+        args.connection_sizes = "1000,5000"
+        args.idle_window = 5.0
+    args.fanout_sizes = [int(x) for x in args.fanout_sizes.split(",")]
+    args.connection_sizes = [int(x) for x in args.connection_sizes.split(",")]
+    args.scenarios = set(args.scenarios.split(","))
+    args.connection_impls = set(args.connection_impls.split(","))
+    impls = []
+    for name in args.impls.split(","):
+        why = IMPLS[name].available()
+        if why:
+            print(f"skipping {name}: {why}", flush=True)
+        else:
+            impls.append(name)
+    try:
+        os.sched_setaffinity(0, {LOADGEN_CPU})
+    except OSError:
+        print("could not pin the load generator", flush=True)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    info = machine()
+    started = time.time()
+    rows: list[dict[str, t.Any]] = []
+    for run in range(args.runs):
+        print(f"run {run + 1}/{args.runs}", flush=True)
+        rows += [{"run": run, **r} for r in asyncio.run(one_run(impls, args))]
+    micro_result = {} if args.no_micro else micro(args.quick)
+    summary = summarise(rows)
+    RESULTS.mkdir(exist_ok=True)
+    stem = "results" + (f"-{args.tag}" if args.tag else "") + ("-quick" if args.quick else "")
+    payload = {
+        "machine": info,
+        "args": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
+        "seconds": round(time.time() - started),
+        "summary": summary,
+        "runs": rows,
+        "micro": micro_result,
+    }
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=1, default=str))
+    table = markdown(summary, micro_result, info, args.runs)
+    (RESULTS / f"{stem}.md").write_text(table + "\n")
+    print(table)
+    print(f"written {RESULTS / stem}.json and .md in {payload['seconds']} s")
+    return 0

@@ -1,0 +1,387 @@
+"""Start, pin, measure and stop the servers under test.
+
+Every server is a child process of the benchmark, bound to 127.0.0.1 on a free
+port and pinned to CPU 0 (the load generator takes CPU 1). Only the processes
+started here are ever signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import typing as t
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER_CPU = 0
+LOADGEN_CPU = 1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of one process, threads included.
+
+    Live threads are read from ``/proc/<pid>/task/*/schedstat`` (nanosecond
+    resolution); threads that already exited are counted from
+    ``/proc/<pid>/stat`` (10 ms ticks), so the figure never goes backwards.
+    """
+    total_ticks = _stat_ticks(f"/proc/{pid}/stat")
+    live_ns = live_ticks = 0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                live_ns += int(f.read().split()[0])
+            live_ticks += _stat_ticks(f"/proc/{pid}/task/{tid}/stat")
+    except (OSError, ValueError):
+        return total_ticks / CLK_TCK
+    if not live_ns:
+        return total_ticks / CLK_TCK
+    return live_ns / 1e9 + max(0, total_ticks - live_ticks) / CLK_TCK
+
+
+def _stat_ticks(path: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm", "rb") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+@dataclass
+class Impl:
+    """One server under test: how to start it and its two URLs."""
+
+    name: str
+    label: str
+    #: ``stream`` path template with ``{topic}``.
+    stream: str
+    publish: str = "/publish?topic={topic}"
+    #: Whether the measured process is a child of the started one.
+    forked_worker: bool = True
+    needs: tuple[str, ...] = ()
+    extra: dict[str, t.Any] = field(default_factory=dict)
+
+    def available(self) -> str | None:
+        """``None`` when it can run here, else why not."""
+        for module in self.needs:
+            try:
+                __import__(module)
+            except ImportError:
+                return f"python module {module} missing"
+        if self.name == "nchan" and not (shutil.which("nginx") and Path(NCHAN_MODULE).exists()):
+            return "nginx or libnginx-mod-nchan missing"
+        if self.name == "flask-sse" and not shutil.which("redis-server"):
+            return "redis-server missing"
+        return None
+
+
+def _gunicorn(app: str, worker: str, port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-k",
+        worker,
+        "-w",
+        "1",
+        "--worker-connections",
+        "30000",
+        "--backlog",
+        "4096",
+        "--timeout",
+        "120",
+        "--graceful-timeout",
+        "3",
+        "--log-level",
+        "warning",
+        "-b",
+        f"127.0.0.1:{port}",
+        app,
+    ]
+
+
+IMPLS: dict[str, Impl] = {
+    "ours": Impl("ours", "flask-sse-broker (gunicorn gevent)", "/_sse/connect?topics={topic}"),
+    "ours-pywsgi": Impl(
+        "ours-pywsgi", "flask-sse-broker (gunicorn gevent_pywsgi)", "/_sse/connect?topics={topic}"
+    ),
+    "ours-event": Impl(
+        "ours-event",
+        "flask-sse-broker, an Event per stream (before)",
+        "/_sse/connect?topics={topic}",
+        extra={"env": {"BENCH_WAKE": "event"}},
+    ),
+    "handwritten": Impl(
+        "handwritten", "hand-written Flask + queue.Queue (gunicorn gevent)", "/stream?topic={topic}"
+    ),
+    "starlette": Impl(
+        "starlette",
+        "sse-starlette (uvicorn)",
+        "/stream?topic={topic}",
+        forked_worker=False,
+        needs=("sse_starlette", "uvicorn"),
+    ),
+    "nchan": Impl("nchan", "nginx + Nchan", "/sub?topic={topic}", "/pub?topic={topic}"),
+    "flask-sse": Impl(
+        "flask-sse", "flask-sse + Redis (gunicorn gevent)", "/stream?channel={topic}", needs=("flask_sse",)
+    ),
+}
+
+NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
+NCHAN_CONF = """\
+load_module {module};
+worker_processes 1;
+worker_rlimit_nofile 65000;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 30000; multi_accept on; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    nchan_max_reserved_memory 256M;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location = /sub {{
+            nchan_subscriber eventsource;
+            nchan_channel_id $arg_topic;
+            nchan_eventsource_ping_interval {heartbeat};
+            nchan_subscriber_first_message newest;
+        }}
+        location = /pub {{
+            nchan_publisher;
+            nchan_channel_id $arg_topic;
+            nchan_message_buffer_length 1000;
+            nchan_message_timeout 5m;
+        }}
+    }}
+}}
+"""
+
+
+class Running:
+    """A started server: its process tree, the worker measured, and cleanup."""
+
+    def __init__(self, impl: Impl, heartbeat: float, env: dict[str, str] | None = None) -> None:
+        self.impl = impl
+        self.port = free_port()
+        self.tmp = tempfile.mkdtemp(prefix=f"sse-bench-{impl.name}-")
+        self.extra: list[subprocess.Popen[bytes]] = []
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = str(ROOT) + os.pathsep + self.env.get("PYTHONPATH", "")
+        self.env["BENCH_HEARTBEAT"] = str(heartbeat)
+        self.env.update(impl.extra.get("env", {}))
+        self.env.update(env or {})
+        self.heartbeat = heartbeat
+        self.log = open(os.path.join(self.tmp, "server.log"), "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            self._command(),
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_pin_server,
+        )
+        self.pid = self._wait_ready()
+        self.profiler: subprocess.Popen[bytes] | None = None
+        out = os.environ.get("BENCH_PYSPY")
+        if out and impl.name.startswith("ours"):
+            # Collapsed stacks of the worker for flame graphs (profiling runs only).
+            self.profiler = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "250",
+                    "--nonblocking",
+                    "-p",
+                    str(self.pid),
+                    "-o",
+                    f"{out}-{impl.name}-{self.port}.txt",
+                ],
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def _command(self) -> list[str]:
+        name = self.impl.name
+        if name in ("ours", "ours-event"):
+            return _gunicorn("benchmarks.apps.ours:app", "gevent", self.port)
+        if name == "ours-pywsgi":
+            return _gunicorn("benchmarks.apps.ours:app", "gevent_pywsgi", self.port)
+        if name == "handwritten":
+            return _gunicorn("benchmarks.apps.handwritten:app", "gevent", self.port)
+        if name == "flask-sse":
+            redis_port = free_port()
+            self.extra.append(
+                subprocess.Popen(
+                    [
+                        "redis-server",
+                        "--bind",
+                        "127.0.0.1",
+                        "--port",
+                        str(redis_port),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--maxclients",
+                        "30000",
+                        "--dir",
+                        self.tmp,
+                    ],
+                    stdout=self.log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_pin_server,
+                )
+            )
+            self.env["BENCH_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+            _wait_port(redis_port)
+            return _gunicorn("benchmarks.apps.flasksse:app", "gevent", self.port)
+        if name == "starlette":
+            return [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "benchmarks.apps.starlette:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--backlog",
+                "4096",
+                "--timeout-keep-alive",
+                "60",
+            ]
+        if name == "nchan":
+            conf = os.path.join(self.tmp, "nginx.conf")
+            with open(conf, "w") as f:
+                f.write(
+                    NCHAN_CONF.format(
+                        module=NCHAN_MODULE,
+                        tmp=self.tmp,
+                        port=self.port,
+                        heartbeat=max(1, int(self.heartbeat)),
+                    )
+                )
+            return ["nginx", "-p", self.tmp, "-c", conf, "-e", os.path.join(self.tmp, "error.log")]
+        raise ValueError(name)
+
+    def _wait_ready(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.impl.name} exited: {self.read_log()}")
+            if _port_open(self.port):
+                if not self.impl.forked_worker:
+                    return self.proc.pid
+                kids = children(self.proc.pid)
+                if kids:
+                    return kids[0]
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.impl.name} did not start: {self.read_log()}")
+
+    def measured_pids(self) -> list[int]:
+        """The worker, plus helpers that do the delivery work (Redis for flask-sse)."""
+        return [self.pid, *(p.pid for p in self.extra)]
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.measured_pids())
+
+    def rss(self) -> int:
+        return sum(rss_bytes(pid) for pid in self.measured_pids())
+
+    def read_log(self) -> str:
+        self.log.flush()
+        try:
+            with open(os.path.join(self.tmp, "server.log"), errors="replace") as f:
+                text = f.read()[-3000:]
+            err = os.path.join(self.tmp, "error.log")
+            if os.path.exists(err):
+                with open(err, errors="replace") as f:
+                    text += f.read()[-2000:]
+            return text
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.profiler is not None:
+            self.profiler.send_signal(signal.SIGINT)
+            try:
+                self.profiler.wait(15)
+            except subprocess.TimeoutExpired:
+                self.profiler.kill()
+        for proc in [self.proc, *self.extra]:
+            if proc.poll() is None:
+                proc.send_signal(
+                    signal.SIGTERM if proc is not self.proc or self.impl.name != "nchan" else signal.SIGQUIT
+                )
+        for proc in [self.proc, *self.extra]:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _pin_server() -> None:
+    os.sched_setaffinity(0, {SERVER_CPU})
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not _port_open(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"port {port} never opened")
+        time.sleep(0.05)
