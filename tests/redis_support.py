@@ -7,14 +7,11 @@ kill Redis start a private ``redis-server`` on a free port and kill only it.
 
 from __future__ import annotations
 
-import json
-import queue
 import secrets
 import shutil
 import signal
 import subprocess
 import threading
-import time
 import typing as t
 
 import pytest
@@ -22,9 +19,9 @@ import redis
 
 from flask_sse_broker import SSEBroker, SSEConfig
 from flask_sse_broker._broker import SSEConnection
-from flask_sse_broker._decoder import EventDecoder, LineDecoder, ServerSentEvent
+from flask_sse_broker._decoder import EventDecoder, LineDecoder
 
-from .support import ROOT, free_port, wait_for
+from .support import ROOT, QueuedEvents, free_port, wait_for
 
 SHARED_URL = "redis://127.0.0.1:6379/0"
 
@@ -113,13 +110,12 @@ class RedisServer:
         self.kill()
 
 
-class ConnectionReader:
+class ConnectionReader(QueuedEvents):
     """Reads an in-process :class:`SSEConnection` in a thread, decoding events."""
 
     def __init__(self, conn: SSEConnection) -> None:
+        super().__init__()
         self.conn = conn
-        self.events: queue.Queue[ServerSentEvent | None] = queue.Queue()
-        self.ended = threading.Event()
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
@@ -133,25 +129,6 @@ class ConnectionReader:
         finally:
             self.ended.set()
             self.events.put(None)
-
-    def next(self, timeout: float = 10.0) -> ServerSentEvent:
-        try:
-            event = self.events.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no event within {timeout}s") from None
-        if event is None:
-            self.events.put(None)
-            raise AssertionError("stream ended")
-        return event
-
-    def take(self, count: int, timeout: float = 20.0) -> list[ServerSentEvent]:
-        deadline = time.monotonic() + timeout
-        return [self.next(max(0.01, deadline - time.monotonic())) for _ in range(count)]
-
-    def connected(self) -> dict[str, t.Any]:
-        event = self.next()
-        assert event.event == "connected", event
-        return json.loads(event.data)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self.conn.close()

@@ -207,7 +207,53 @@ def http_request(
         conn.close()
 
 
-class EventReader:
+class QueuedEvents:
+    """Events that a background reader decodes into a queue, for a test to
+    await with a timeout. ``None`` in the queue marks the end of the stream."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[ServerSentEvent | None] = queue.Queue()
+        self.ended = threading.Event()
+        self.error: BaseException | None = None
+
+    def next(self, timeout: float = 10.0) -> ServerSentEvent:
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no event within {timeout}s") from None
+        if event is None:
+            self.events.put(None)
+            raise AssertionError(f"stream ended ({self.error!r})")
+        return event
+
+    def connected(self, timeout: float = 10.0) -> dict[str, t.Any]:
+        event = self.next(timeout)
+        assert event.event == "connected", event
+        return json.loads(event.data)  # type: ignore[no-any-return]
+
+    def take(self, count: int, timeout: float = 20.0) -> list[ServerSentEvent]:
+        """The next ``count`` events, waiting at most ``timeout`` in total."""
+        deadline = time.monotonic() + timeout
+        return [self.next(max(0.01, deadline - time.monotonic())) for _ in range(count)]
+
+    def drain(self, quiet: float = 0.3) -> list[ServerSentEvent]:
+        """Every event that arrives until none has for ``quiet`` seconds."""
+        out = []
+        while True:
+            try:
+                event = self.events.get(timeout=quiet)
+            except queue.Empty:
+                return out
+            if event is None:
+                self.events.put(None)
+                return out
+            out.append(event)
+
+    def wait_ended(self, timeout: float = 10.0) -> bool:
+        return self.ended.wait(timeout)
+
+
+class EventReader(QueuedEvents):
     """Reads one event stream over a real socket, in a background thread.
 
     Events land in a queue so a test can await them with a timeout. Heartbeats
@@ -226,13 +272,11 @@ class EventReader:
         path = parts.path + ("?" + parts.query if parts.query else "")
         self.conn.request("GET", path, headers=headers or {})
         self.response = self.conn.getresponse()
+        super().__init__()
         self.status = self.response.status
         self.headers = self.response.headers
-        self.events: queue.Queue[ServerSentEvent | None] = queue.Queue()
         self.heartbeats = 0
         self.keep_heartbeats = keep_heartbeats
-        self.ended = threading.Event()
-        self.error: BaseException | None = None
         self.body = b""
         self.last_event_id = ""
         self.retry: int | None = None
@@ -270,45 +314,6 @@ class EventReader:
         finally:
             self.ended.set()
             self.events.put(None)
-
-    def next(self, timeout: float = 10.0) -> ServerSentEvent:
-        try:
-            event = self.events.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no event within {timeout}s") from None
-        if event is None:
-            self.events.put(None)
-            raise AssertionError(f"stream ended ({self.error!r})")
-        return event
-
-    def connected(self, timeout: float = 10.0) -> dict[str, t.Any]:
-        event = self.next(timeout)
-        assert event.event == "connected", event
-        return json.loads(event.data)  # type: ignore[no-any-return]
-
-    def take(self, count: int, timeout: float = 20.0) -> list[ServerSentEvent]:
-        """The next ``count`` events, waiting at most ``timeout`` in total."""
-        deadline = time.monotonic() + timeout
-        out = []
-        for _ in range(count):
-            out.append(self.next(max(0.01, deadline - time.monotonic())))
-        return out
-
-    def drain(self, quiet: float = 0.3) -> list[ServerSentEvent]:
-        """Every event that arrives until none has for ``quiet`` seconds."""
-        out = []
-        while True:
-            try:
-                event = self.events.get(timeout=quiet)
-            except queue.Empty:
-                return out
-            if event is None:
-                self.events.put(None)
-                return out
-            out.append(event)
-
-    def wait_ended(self, timeout: float = 10.0) -> bool:
-        return self.ended.wait(timeout)
 
     def close(self) -> None:
         """Close the socket abruptly, as a vanished browser would."""
