@@ -64,7 +64,7 @@ def test_first_frames_are_retry_then_connected(broker: SSEBroker) -> None:
         "clientId": "c1",
         "token": "tok",
         "topics": ["a"],
-        "lastEventId": None,
+        "lastEventId": broker.last_event_id(),
         "heartbeat": 0,
     }
 
@@ -273,9 +273,10 @@ def test_too_many_topics_are_refused(broker: SSEBroker) -> None:
 
 def test_oversized_event_is_refused(broker: SSEBroker) -> None:
     broker.config.max_event_bytes = 100
+    before = broker.last_event_id()
     with pytest.raises(EventTooLarge):
         broker.broadcast("x" * 200)
-    assert broker.last_event_id() is None
+    assert broker.last_event_id() == before
 
 
 def test_max_connections_gives_unavailable(broker: SSEBroker) -> None:
@@ -416,3 +417,10 @@ def test_an_event_both_replayed_and_delivered_live_arrives_once() -> None:
     conn = broker.open_stream(last_event_id=cursor)
     broker.broadcast("after")
     assert payloads(read(conn)) == ["missed", "overlap", "after"]
+
+
+def test_a_page_rendered_before_the_first_event_misses_nothing(broker: SSEBroker) -> None:
+    rendered = broker.last_event_id()
+    assert rendered is not None
+    broker.broadcast("between render and connect")
+    assert payloads(read(broker.open_stream(last_event_id=rendered))) == ["between render and connect"]

@@ -121,7 +121,7 @@ def test_replay_returns_the_events_after_the_cursor(cluster: Cluster) -> None:
 
 def test_replay_without_a_cursor_starts_at_the_newest_id(cluster: Cluster) -> None:
     broker = cluster.broker()
-    assert broker.backend.replay(None).cursor is None
+    assert broker.backend.replay(None).cursor == "0-0"
     broker.broadcast("x")
     replay = broker.backend.replay(None)
     assert replay.cursor == broker.last_event_id() and not replay.envelopes and not replay.reset
@@ -156,6 +156,24 @@ def test_without_history_only_the_newest_id_resumes_without_reset(cluster: Clust
     newest = broker.last_event_id()
     assert broker.backend.replay(newest) == Replay(cursor=newest)
     assert broker.backend.replay(older) == Replay(reset=True, cursor=newest)
+
+
+def test_a_page_rendered_before_the_first_event_misses_nothing(cluster: Cluster) -> None:
+    broker = cluster.broker()
+    rendered = broker.last_event_id()
+    assert rendered == "0-0"
+    broker.broadcast("between render and connect")
+    replay = broker.backend.replay(rendered)
+    assert not replay.reset
+    assert [e.frame.split(b"\n")[0] for e in replay.envelopes] == [b'data: "between render and connect"']
+
+
+def test_the_origin_cursor_is_reset_once_history_was_trimmed(cluster: Cluster) -> None:
+    broker = cluster.broker(history_size=10)
+    for i in range(300):
+        broker.broadcast(i)
+    replay = broker.backend.replay("0-0")
+    assert replay.reset and not replay.envelopes
 
 
 @pytest.mark.parametrize("cursor", ["1-0", "99999999999999-0", "CURSOR_BETWEEN"])

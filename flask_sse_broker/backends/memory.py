@@ -39,8 +39,10 @@ class MemoryBackend(Backend):
     def reset_after_fork(self) -> None:
         self._new_epoch()
 
-    def _head(self) -> str | None:
-        return f"{self._epoch}-{self._seq}" if self._seq else None
+    def _head(self) -> str:
+        # Before the first event the head is ``<epoch>-0``, "the origin": a page
+        # rendered then can still connect from it and miss nothing.
+        return f"{self._epoch}-{self._seq}"
 
     def publish(self, kind: str, target: str | None, body: bytes) -> int:
         broker = self.broker

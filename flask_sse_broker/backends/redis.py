@@ -66,6 +66,10 @@ return id
 
 _Key = tuple[int, int]
 
+#: The cursor before the first event, returned by ``last_event_id`` while the
+#: stream is empty, so a page can connect from it and miss nothing.
+ORIGIN = "0-0"
+
 
 class RedisBackend(Backend):
     """Carries every broker operation between processes through Redis.
@@ -249,7 +253,7 @@ class RedisBackend(Backend):
             value = self._redis.get(self._last_key)
         except redis.RedisError as e:
             raise self._error("reading the last event id failed", e) from e
-        return value.decode() if value is not None else None
+        return value.decode() if value is not None else ORIGIN
 
     def replay(self, cursor: str | None) -> Replay:
         """The stream after ``cursor``. The cursor's own entry must still be in
@@ -268,15 +272,13 @@ class RedisBackend(Backend):
                 results = pipe.execute()
         except redis.RedisError as e:
             raise BrokerUnavailable(f"Redis is unreachable: {e}", retry_after=5) from e
-        head = results[0].decode() if results[0] is not None else None
-        if cursor is None:
-            return Replay(cursor=head)
-        if head is None:
-            # Nothing was ever published here (or Redis lost it all).
-            return Replay(reset=True, cursor=None)
-        if cursor == head:
-            return Replay(cursor=cursor)  # nothing missed, even with no history
+        head = results[0].decode() if results[0] is not None else ORIGIN
+        if cursor is None or cursor == head:
+            return Replay(cursor=head)  # nothing missed, even with no history
         entries = results[1]
+        if cursor == ORIGIN and entries and self._nothing_trimmed(len(entries)):
+            # A page rendered before the first event: the whole stream is news.
+            return Replay(envelopes=[_envelope(i, fields) for i, fields in entries], cursor=cursor)
         if not entries or entries[0][0].decode() != cursor:
             # Trimmed, from a Redis that lost its data, from the future or
             # from another broker altogether.
@@ -284,6 +286,14 @@ class RedisBackend(Backend):
         return Replay(
             envelopes=[_envelope(entry_id, fields) for entry_id, fields in entries[1:]], cursor=cursor
         )
+
+    def _nothing_trimmed(self, length: int) -> bool:
+        """Whether the stream still holds every event ever added (Redis 7+)."""
+        try:
+            info = self._redis.xinfo_stream(self._stream_key)
+        except redis.RedisError:
+            return False
+        return info.get("entries-added") == length
 
     # -- the listener --------------------------------------------------------
 
