@@ -6,6 +6,8 @@ import typing as t
 
 import pytest
 
+# The browser fixtures (headless Chromium through Playwright), shared by every module.
+from .browser_support import browser, page  # noqa: F401
 from .support import SERVER_KINDS, Server
 
 #: The configuration the shared servers run with: short heartbeats so dead

@@ -1,0 +1,134 @@
+/**
+ * Type declarations for flask-sse-broker's browser client (`/_sse/client.js`).
+ *
+ * Copy this file next to your code (or point `paths` at it) and declare the
+ * module, e.g. `declare module "/_sse/client.js" { export * from "./client"; }`.
+ */
+
+/** The connection state reported by {@link SSEClient.onStateChange}. */
+export type SSEState = "connecting" | "connected" | "disconnected" | "error";
+
+export interface SSEConfig {
+  /** The stream URL. Subscribe/unsubscribe URLs are derived from it. Default `"/_sse/connect"`. */
+  url?: string;
+  /** Topics to subscribe to when connecting. Default `[]`. */
+  topics?: string[];
+  /** Reconnect after a lost connection. Default `true`. */
+  autoReconnect?: boolean;
+  /** Attempts after a failure before giving up with state `"error"`; `0` = unlimited. Default `5`. */
+  maxRetries?: number;
+  /** First backoff delay in ms; doubles per attempt, jittered. Default `1000`. */
+  reconnectDelay?: number;
+  /** Cap of the backoff delay in ms. Default `30000`. */
+  maxReconnectDelay?: number;
+  /**
+   * Heartbeat period in ms assumed until the server announces its own (in the
+   * `connected` event). No event for two periods (plus 1 s) closes and
+   * reconnects the stream. Default `30000`.
+   */
+  heartbeatInterval?: number;
+  /** Send cookies on a cross-origin stream. Default `false`. */
+  withCredentials?: boolean;
+  /** Initial cursor, e.g. `broker.last_event_id()` embedded in the page. Default `null`. */
+  lastEventId?: string | null;
+  /** Log to `console.debug`. Default `false`. */
+  debug?: boolean;
+  /** Extra event names the `"*"` wildcard should see. Default `[]`. */
+  events?: string[];
+}
+
+/** One event as handlers receive it. */
+export interface SSEMessage<T = unknown> {
+  /** The event name (`"message"` for unnamed events). */
+  type: string;
+  /** The data, `JSON.parse`d (the raw string if it is not JSON). */
+  data: T;
+  /** The event id (the stream's last id for events without one). */
+  id: string;
+  /** The data as received. */
+  raw: string;
+}
+
+/** Data of the `connected` event. */
+export interface SSEConnectedData {
+  clientId: string;
+  token: string;
+  topics: string[];
+  lastEventId: string | null;
+  /** The server's heartbeat period in ms (`0`: no heartbeats). */
+  heartbeat: number;
+}
+
+/** Data of the `reset` event: events may have been missed; reload state. */
+export interface SSEResetData {
+  lastEventId: string | null;
+}
+
+/** What {@link SSEClient.onError} handlers receive. */
+export interface SSEErrorInfo {
+  message: string;
+  /** The HTTP status when one is known (`0`/`null` otherwise). */
+  status: number | null;
+  /** `true` when the client stopped (state `"error"`). */
+  fatal: boolean;
+  /** The retry attempt this error led to (or that was spent). */
+  attempt: number;
+  /** Delay in ms before the next attempt, `null` when none follows. */
+  retryIn: number | null;
+}
+
+export type SSEHandler<T = unknown> = (message: SSEMessage<T>) => void;
+export type Unsubscribe = () => void;
+
+/** Well-known event names and their data types. */
+export interface SSEEventMap {
+  connected: SSEConnectedData;
+  reset: SSEResetData;
+  notification: unknown;
+  update: { key: string; value: unknown };
+  alert: { level: string; message: string };
+  progress: { progress: number; message: string };
+}
+
+export declare const DEFAULT_CONFIG: Readonly<Required<SSEConfig>>;
+
+/** Rejection of {@link SSEClient.subscribe} / {@link SSEClient.unsubscribe}. */
+export declare class SSERequestError extends Error {
+  readonly status: number;
+  constructor(message: string, status: number);
+}
+
+export declare class SSEClient {
+  constructor(config?: SSEConfig);
+  readonly config: Required<SSEConfig>;
+  readonly state: SSEState;
+  readonly clientId: string | null;
+  readonly lastEventId: string | null;
+  readonly topics: string[];
+
+  on<K extends keyof SSEEventMap>(type: K, handler: SSEHandler<SSEEventMap[K]>): Unsubscribe;
+  on<T = unknown>(type: string, handler: SSEHandler<T>): Unsubscribe;
+  onMessage<T = unknown>(handler: SSEHandler<T>): Unsubscribe;
+  onError(handler: (error: SSEErrorInfo) => void): Unsubscribe;
+  onStateChange(handler: (state: SSEState, previous: SSEState) => void): Unsubscribe;
+
+  connect(): this;
+  disconnect(): this;
+  subscribe(...topics: string[]): Promise<string[]>;
+  unsubscribe(...topics: string[]): Promise<string[]>;
+}
+
+export declare class SSEManager {
+  setDefaultConfig(config: SSEConfig): this;
+  client(name: string, config?: SSEConfig): SSEClient;
+  connect(name: string, config?: SSEConfig): SSEClient;
+  disconnect(name: string): void;
+  disconnectAll(): void;
+  remove(name: string): boolean;
+  has(name: string): boolean;
+  getClientNames(): string[];
+}
+
+export declare function getSSEManager(): SSEManager;
+export declare function connectSSE(name: string, config?: SSEConfig): SSEClient;
+export declare function createSSEClient(config?: SSEConfig): SSEClient;

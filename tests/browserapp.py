@@ -1,0 +1,57 @@
+"""The app the browser tests load: :mod:`tests.serverapp` plus a test page.
+
+``GET /page`` is a page that imports the browser client from
+``/_sse/client.js`` as a user's page would, embeds ``broker.last_event_id()``
+as it was when the page was rendered, and offers ``window.track(client)``,
+which records a client's events, states and errors for the test to read.
+"""
+
+from __future__ import annotations
+
+import json
+
+from flask import Flask, current_app
+
+from tests import serverapp
+
+PAGE = """<!doctype html>
+<html>
+<head><meta charset="utf-8"><link rel="icon" href="data:,"><title>sse test page</title></head>
+<body>
+<script>window.LAST_EVENT_ID = %(last_event_id)s;</script>
+<script type="module">
+import * as sse from "/_sse/client.js";
+
+window.sse = sse;
+window.rec = {};
+// Record what a client sees under rec[name]: events (wildcard and the names
+// given), states, errors.
+window.track = (client, name, types = []) => {
+  const r = { events: [], states: [], errors: [], named: {} };
+  window.rec[name] = r;
+  client.on("*", (m) => r.events.push({ type: m.type, data: m.data, id: m.id }));
+  for (const type of types) {
+    r.named[type] = [];
+    client.on(type, (m) => r.named[type].push(m.data));
+  }
+  client.onStateChange((state) => r.states.push(state));
+  client.onError((e) => r.errors.push(e));
+  return client;
+};
+window.ready = true;
+</script>
+</body>
+</html>
+"""
+
+
+def create_app() -> Flask:
+    app = serverapp.create_app()
+
+    @app.get("/page")
+    def page() -> tuple[str, int, dict[str, str]]:
+        broker = current_app.extensions["sse"]
+        html = PAGE % {"last_event_id": json.dumps(broker.last_event_id())}
+        return html, 200, {"Content-Type": "text/html; charset=utf-8"}
+
+    return app
