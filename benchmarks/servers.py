@@ -103,7 +103,7 @@ class Impl:
         return None
 
 
-def _gunicorn(app: str, worker: str, port: int) -> list[str]:
+def _gunicorn(app: str, worker: str, port: int, workers: int = 1) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -111,7 +111,7 @@ def _gunicorn(app: str, worker: str, port: int) -> list[str]:
         "-k",
         worker,
         "-w",
-        "1",
+        str(workers),
         "--worker-connections",
         "30000",
         "--backlog",
@@ -139,8 +139,52 @@ IMPLS: dict[str, Impl] = {
         "/_sse/connect?topics={topic}",
         extra={"env": {"BENCH_WAKE": "event"}},
     ),
+    "ours-head": Impl(
+        "ours-head",
+        "flask-sse-broker at git HEAD (before)",
+        "/_sse/connect?topics={topic}",
+        extra={"package_from": "HEAD"},
+    ),
+    "ours-nodelay": Impl(
+        "ours-nodelay",
+        "flask-sse-broker, wake-ups not deferred",
+        "/_sse/connect?topics={topic}",
+        extra={"env": {"BENCH_WAKE_DELAY": "0"}},
+    ),
+    "ours-redis": Impl(
+        "ours-redis",
+        "flask-sse-broker + Redis backend (1 worker)",
+        "/_sse/connect?topics={topic}",
+        needs=("redis",),
+        extra={"redis": True},
+    ),
+    "ours-redis-w2": Impl(
+        "ours-redis-w2",
+        "flask-sse-broker + Redis backend (2 workers)",
+        "/_sse/connect?topics={topic}",
+        needs=("redis",),
+        extra={"redis": True, "workers": 2},
+    ),
+    "ours-redis-slice1": Impl(
+        "ours-redis-slice1",
+        "flask-sse-broker + Redis backend, 1 ms wake-up slices",
+        "/_sse/connect?topics={topic}",
+        needs=("redis",),
+        extra={"redis": True, "env": {"BENCH_SWITCH_INTERVAL": "0.001"}},
+    ),
+    "ours-slice1": Impl(
+        "ours-slice1",
+        "flask-sse-broker, 1 ms wake-up slices",
+        "/_sse/connect?topics={topic}",
+        extra={"env": {"BENCH_SWITCH_INTERVAL": "0.001"}},
+    ),
     "handwritten": Impl(
         "handwritten", "hand-written Flask + queue.Queue (gunicorn gevent)", "/stream?topic={topic}"
+    ),
+    "handwritten-pywsgi": Impl(
+        "handwritten-pywsgi",
+        "hand-written Flask + queue.Queue (gunicorn gevent_pywsgi)",
+        "/stream?topic={topic}",
     ),
     "starlette": Impl(
         "starlette",
@@ -154,6 +198,10 @@ IMPLS: dict[str, Impl] = {
         "flask-sse", "flask-sse + Redis (gunicorn gevent)", "/stream?channel={topic}", needs=("flask_sse",)
     ),
 }
+
+#: The shared Redis of this machine (``ours-redis``): keys under a prefix of
+#: the run's own, deleted afterwards; never flushed.
+REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
 
 NCHAN_MODULE = "/usr/lib/nginx/modules/ngx_nchan_module.so"
 NCHAN_CONF = """\
@@ -205,10 +253,17 @@ class Running:
         self.env.update(impl.extra.get("env", {}))
         self.env.update(env or {})
         self.heartbeat = heartbeat
+        self.redis_prefix: str | None = None
+        self.redis_pid: int | None = None
+        self.cwd = str(ROOT)
+        if impl.extra.get("redis"):
+            self._use_shared_redis()
+        if impl.extra.get("package_from"):
+            self.cwd = self._package_snapshot(impl.extra["package_from"])
         self.log = open(os.path.join(self.tmp, "server.log"), "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             self._command(),
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -237,14 +292,53 @@ class Running:
                 stderr=subprocess.STDOUT,
             )
 
+    def _use_shared_redis(self) -> None:
+        """Point the app at the shared Redis under a prefix of its own; its
+        keys are deleted (SCAN + DEL of that prefix only) in :meth:`stop`."""
+        import redis
+
+        self.redis_prefix = f"sse-bench-{os.getpid()}-{self.port}"
+        self.env["SSE_REDIS_URL"] = REDIS_URL
+        self.env["SSE_REDIS_PREFIX"] = self.redis_prefix
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            # Its CPU is part of every delivery's cost; it is shared and not
+            # pinned, so it also carries whatever else uses it meanwhile.
+            self.redis_pid = int(client.info("server")["process_id"])
+        finally:
+            client.close()
+
+    def _drop_redis_keys(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            keys = list(client.scan_iter(match=f"{self.redis_prefix}:*", count=1000))
+            for i in range(0, len(keys), 500):
+                client.delete(*keys[i : i + 500])
+        finally:
+            client.close()
+
+    def _package_snapshot(self, rev: str) -> str:
+        """The library as committed at ``rev``, extracted beside the server's
+        temporary files; the server runs from there, so it imports that copy."""
+        archive = subprocess.run(
+            ["git", "archive", rev, "flask_sse_broker"], cwd=ROOT, check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", self.tmp], input=archive, check=True)
+        return self.tmp
+
     def _command(self) -> list[str]:
         name = self.impl.name
-        if name in ("ours", "ours-event"):
-            return _gunicorn("benchmarks.apps.ours:app", "gevent", self.port)
+        workers = int(self.impl.extra.get("workers", 1))
+        if name.startswith("ours") and name != "ours-pywsgi":
+            return _gunicorn("benchmarks.apps.ours:app", "gevent", self.port, workers)
         if name == "ours-pywsgi":
             return _gunicorn("benchmarks.apps.ours:app", "gevent_pywsgi", self.port)
         if name == "handwritten":
             return _gunicorn("benchmarks.apps.handwritten:app", "gevent", self.port)
+        if name == "handwritten-pywsgi":
+            return _gunicorn("benchmarks.apps.handwritten:app", "gevent_pywsgi", self.port)
         if name == "flask-sse":
             redis_port = free_port()
             self.extra.append(
@@ -313,15 +407,20 @@ class Running:
                 if not self.impl.forked_worker:
                     return self.proc.pid
                 kids = children(self.proc.pid)
-                if kids:
+                if len(kids) >= int(self.impl.extra.get("workers", 1)):
+                    self.workers = kids
                     return kids[0]
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.impl.name} did not start: {self.read_log()}")
 
     def measured_pids(self) -> list[int]:
-        """The worker, plus helpers that do the delivery work (Redis for flask-sse)."""
-        return [self.pid, *(p.pid for p in self.extra)]
+        """The workers, plus helpers that do the delivery work (Redis for
+        flask-sse and for our Redis mode)."""
+        pids = list(getattr(self, "workers", None) or [self.pid])
+        if self.redis_pid is not None:
+            pids.append(self.redis_pid)
+        return [*pids, *(p.pid for p in self.extra)]
 
     def cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.measured_pids())
@@ -364,6 +463,8 @@ class Running:
                 proc.kill()
                 proc.wait()
         self.log.close()
+        if self.redis_prefix is not None:
+            self._drop_redis_keys()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

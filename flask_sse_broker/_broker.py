@@ -20,6 +20,7 @@ import weakref
 from collections import deque
 
 from . import signals
+from ._wake import flush as flush_wakeups
 from ._wake import new_wake
 from .backends.base import ALL, CLIENT, TOPIC, Backend, Envelope, Replay
 from .config import SSEConfig
@@ -39,6 +40,9 @@ logger = logging.getLogger("flask_sse_broker")
 
 #: Queued in place of an event when a connection is idle at a heartbeat tick.
 _HEARTBEAT = Envelope(None, None, ALL, None, HEARTBEAT)
+
+#: Seconds between sweeps of expired sessions when heartbeats are off.
+_SESSION_SWEEP = 5.0
 
 #: The longest ``Last-Event-ID`` or client id accepted before any parsing.
 MAX_ID_LENGTH = 256
@@ -91,7 +95,10 @@ class SSEConnection:
         self._broker = broker
         self._queue: deque[Envelope] = deque()
         self._wake = new_wake(broker.batched_wakeups)
-        self._waiting = False
+        #: Whether the next publisher must set ``_wake``; between a ``_take``
+        #: and the first event queued after it. With the lock held it means
+        #: "``_wake`` is clear and the queue was empty when it was cleared".
+        self._waiting = True
         self._closed = False
         self._released = False
         self._finished = False
@@ -121,24 +128,35 @@ class SSEConnection:
                 batch = deque(e for e in batch if e.key is None or e.key > skip)
                 if any(e.key is not None for e in batch):
                     self._skip_through = None
+            if len(batch) == 1:  # a heartbeat, or a stream keeping up
+                return batch[0].frame
             if batch:
                 # Never an empty chunk: to a chunked response that means the end.
                 return b"".join([e.frame for e in batch])
 
     def _take(self) -> deque[Envelope]:
-        """Wait until something is queued; take all of it."""
+        """Wait until something is queued; take all of it.
+
+        One lock round trip per wake-up: taking the queue also re-arms the
+        wake-up, so the next call waits without the lock (``_wake`` is set
+        by whoever queues after the take, and stays set until the next take).
+        """
         lock = self._broker._lock
+        wake = self._wake
         while True:
+            wake.wait()
             with lock:
-                if self._queue:
-                    batch, self._queue = self._queue, deque()
-                    return batch
                 if self._closed:
+                    if self._queue:  # the final frame; the wake-up stays set
+                        batch, self._queue = self._queue, deque()
+                        return batch
                     self._broker._finish_locked(self)
                     raise StopIteration
                 self._waiting = True
-                self._wake.clear()
-            self._wake.wait()
+                wake.clear()
+                if self._queue:
+                    batch, self._queue = self._queue, deque()
+                    return batch
 
     def close(self) -> None:
         """End this stream and release it from the broker (idempotent)."""
@@ -217,16 +235,38 @@ class SSEBroker:
         return MemoryBackend(self.config.history_size)
 
     def configure(self, config: SSEConfig) -> None:
-        """Replace the configuration before the first stream opens.
+        """Replace the configuration.
 
-        :raises RuntimeError: streams are already being served.
+        Limits, hooks, policies and the heartbeat interval apply from the next
+        operation on. The backend (``redis_url``, ``redis_prefix``,
+        ``history_size``) can only change while no stream is open; changing it
+        starts a new history.
+
+        :raises RuntimeError: the backend would change under open streams.
         """
-        if self._started:
-            raise RuntimeError("configure the broker before its first connection")
-        self.config = config
-        if not self._backend_given:
-            self.backend = self._make_backend()
+        old = self.config
+        backend_changed = not self._backend_given and (
+            (old.redis_url, old.redis_prefix, old.history_size)
+            != (config.redis_url, config.redis_prefix, config.history_size)
+        )
+        if not backend_changed:
+            self.config = config
+            if self._started and config.heartbeat_seconds > 0:
+                self._start_heartbeats()
+            return
+        with self._lock:
+            if self._connections:
+                raise RuntimeError(
+                    "redis_url, redis_prefix and history_size cannot change while streams are open"
+                )
+            self.config = config
+            previous, self.backend = self.backend, self._make_backend()
             self.backend.bind(self)
+        if self._started:
+            previous.close()
+            self.backend.start()
+            if config.heartbeat_seconds > 0:
+                self._start_heartbeats()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -244,11 +284,16 @@ class SSEBroker:
             self._stop = threading.Event()
             self._drained = threading.Event()
         self.backend.start()
-        if self.config.heartbeat_seconds > 0:
+        self._start_heartbeats()
+
+    def _start_heartbeats(self) -> None:
+        with self._lock:
+            if self._heartbeat_thread is not None or self._closing:
+                return
             self._heartbeat_thread = threading.Thread(
                 target=self._run_heartbeats, name="sse-heartbeat", daemon=True
             )
-            self._heartbeat_thread.start()
+        self._heartbeat_thread.start()
 
     def _after_fork(self) -> None:
         # A forked worker inherits the parent's registries and no threads.
@@ -257,18 +302,28 @@ class SSEBroker:
         self.backend.reset_after_fork()
 
     def _run_heartbeats(self) -> None:
-        interval = self.config.heartbeat_seconds
-        while not self._stop.wait(interval):
+        # Wakes at least once a second so a reconfigured interval applies at
+        # once; with heartbeats off it still forgets expired sessions.
+        last = time.monotonic()
+        while True:
+            interval = self.config.heartbeat_seconds
+            due = last + (interval or _SESSION_SWEEP)
+            if self._stop.wait(max(0.0, min(due - time.monotonic(), 1.0))):
+                return
+            now = time.monotonic()
+            if now < due:
+                continue
+            last = now
             try:
-                self._beat()
+                self._beat(heartbeats=interval > 0)
             except Exception:  # pragma: no cover - keep beating whatever happens
                 logger.exception("heartbeat pass failed")
 
-    def _beat(self) -> None:
+    def _beat(self, heartbeats: bool = True) -> None:
         """Queue a heartbeat on every idle connection; forget expired sessions."""
         now = time.monotonic()
         with self._lock:
-            for conn in self._connections:
+            for conn in self._connections if heartbeats else ():
                 if not conn._queue:
                     conn._queue.append(_HEARTBEAT)
                     if conn._waiting:
@@ -617,6 +672,7 @@ class SSEBroker:
             # A recipient is falling behind: let the streams run before the
             # next publish (under gevent a publisher in a loop never yields).
             self._pressure = False
+            flush_wakeups()
             time.sleep(0)
         if signals.event_published.receivers:
             signals.event_published.send(self, event=event, target=kind, key=target, queued=queued)

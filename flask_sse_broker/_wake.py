@@ -10,6 +10,11 @@ directly, and every wake-up of one publish shares one hub callback that
 switches to each woken greenlet in turn: a publish to 5,000 idle streams costs
 the publisher a list append per stream, and each stream one greenlet switch.
 
+The callback is not run at once but in rounds, each ``_HubBatch.delay`` (2 ms)
+after the first wake-up it holds: the publishes of a burst land in the queues
+first, and every stream then writes all of them in one call instead of waking,
+and writing, once per publish.
+
 The broker calls ``set`` and ``clear`` with its lock held, and ``wait``
 without it, exactly as it uses an ``Event``.
 """
@@ -22,7 +27,7 @@ import weakref
 from collections import deque
 from time import perf_counter as _perf_counter
 
-__all__ = ["new_wake"]
+__all__ = ["flush", "new_wake"]
 
 
 def new_wake(batched: bool = True) -> t.Any:
@@ -70,38 +75,77 @@ class _HubBatch:
         self.ident = self._get_ident()
         self.pending: deque[GreenletWake] = deque()
         self.scheduled = False
+        #: The armed timer of the deferred drain, if any. A new watcher each
+        #: time: a libev timer restarted without being reset fires at once.
+        self.timer: t.Any = None
+        #: Wake-ups of the current round not yet resumed.
+        self.left = 0
         from gevent import getswitchinterval
 
         #: Longest run of stream switches before the hub polls I/O again.
         self.slice = getswitchinterval()
+
+    #: Seconds a wake-up waits for more publishes to join it, from the first
+    #: wake-up of a round (or the end of the previous round). Bounds the
+    #: latency added to a quiet stream.
+    delay = 0.002
 
     def add(self, wake: GreenletWake) -> None:
         self.pending.append(wake)
         if not self.scheduled:
             self.scheduled = True
             if self._get_ident() == self.ident:
-                self.loop.run_callback(self.run)
-            else:  # a publisher in another native thread
+                self._arm()
+            else:  # a publisher in another native thread: no timer from there
                 self.loop.run_callback_threadsafe(self.run)
 
+    def _arm(self) -> None:
+        # A new watcher each time: a libev timer restarted without being
+        # reset fires at once. ``update``: count from now, not the last poll.
+        timer = self.timer = self.loop.timer(self.delay)
+        timer.start(self.run, update=True)
+
+    def flush(self) -> None:
+        """Drain at the hub's next turn instead of after the delay (a queue is
+        filling up: its stream must run before the publisher's next event)."""
+        timer = self.timer
+        if timer is not None and self.pending:
+            self.timer = None
+            timer.close()
+            self.loop.run_callback(self.run)
+
     def run(self) -> None:
-        """In the hub: resume every woken greenlet that is still parked.
+        """In the hub: start a round, which resumes the streams woken so far.
+
+        A stream woken again during a round waits for the next one, ``delay``
+        after this one ends: while the streams write, the publisher keeps
+        queueing, and each stream's next write carries all of it.
+        """
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.close()
+        self.left = len(self.pending)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Resume the round's greenlets that are still parked.
 
         Like gevent's own callback loop, it hands the hub back to I/O after a
-        switch interval (5 ms) and resumes after the next poll, so a publisher
-        is not kept waiting behind thousands of streams; the streams it then
-        feeds send what queued meanwhile in the same write.
+        switch interval (5 ms) and goes on after the next poll, so a publisher
+        is not kept waiting behind thousands of streams.
         """
-        self.scheduled = False
         pending = self.pending
         clock = _perf_counter
         stop = clock() + self.slice
         count = 0
-        while pending:
+        left = self.left
+        while left > 0:
             try:
                 wake = pending.popleft()
             except IndexError:
                 break
+            left -= 1
             glet = wake._parked
             if glet is None or not wake._flag:
                 continue  # woken already, or by something else
@@ -111,15 +155,20 @@ class _HubBatch:
             except Exception:  # pragma: no cover - greenlets handle their own errors
                 self.hub.handle_error(glet, *_exc_info())
             count += 1
-            if not count & 31 and pending and clock() > stop:
-                self.scheduled = True
+            if not count & 31 and left and clock() > stop:
+                self.left = left
                 timer = self.loop.timer(0.0)
                 timer.start(self._resume, timer)
                 return
+        self.left = 0
+        self.scheduled = False
+        if pending:
+            self.scheduled = True
+            self._arm()
 
     def _resume(self, timer: t.Any) -> None:
         timer.close()
-        self.run()
+        self._drain()
 
 
 def _exc_info() -> tuple[t.Any, ...]:
@@ -144,6 +193,13 @@ def _batch_for(hub: t.Any) -> _HubBatch:
         batch = _batches[hub] = _HubBatch(hub)
     _last = batch
     return batch
+
+
+def flush() -> None:
+    """Run the wake-ups pending on this thread's hub at its next turn."""
+    last = _last
+    if last is not None and last.ident == last._get_ident():
+        last.flush()
 
 
 class GreenletWake:

@@ -78,3 +78,27 @@ def test_cli_stats_prints_json(app: Flask) -> None:
     stats: dict[str, t.Any] = json.loads(result.output)
     assert stats["clients"] == 1
     assert stats["cluster_clients"] == 1
+
+
+def test_registering_on_another_app_reconfigures_a_running_broker(app: Flask) -> None:
+    broker = SSEBroker(SSEConfig(handle_sigterm=False, heartbeat_interval=0))
+    app.register_blueprint(create_blueprint(broker))
+    conn = broker.open_stream("c")
+    second = Flask(__name__)
+    second.config.update(SSE_MAX_CONNECTIONS=1, SSE_HEARTBEAT_INTERVAL=0.05)
+    second.register_blueprint(create_blueprint(broker))
+    assert broker.config.max_connections == 1
+    with pytest.raises(ValueError, match="too many connections"):
+        broker.open_stream()
+    # Heartbeats turned on while running start the heartbeat thread.
+    assert b"event: heartbeat" in next(conn) + next(conn)
+    third = Flask(__name__)
+    third.config["SSE_HISTORY_SIZE"] = 5
+    with pytest.raises(RuntimeError, match="while streams are open"):
+        third.register_blueprint(create_blueprint(broker))
+    conn.close()
+    fourth = Flask(__name__)
+    fourth.config["SSE_HISTORY_SIZE"] = 5
+    fourth.register_blueprint(create_blueprint(broker))
+    assert broker.config.history_size == 5
+    broker.shutdown(timeout=0)

@@ -15,10 +15,21 @@ broker = SSEBroker(
         heartbeat_interval=float(os.environ.get("BENCH_HEARTBEAT", "5")),
         event_buffer_size=int(os.environ.get("BENCH_BUFFER", "100")),
         max_topics_per_connection=10,
+        # The Redis mode (``ours-redis``): the same app, events through Redis.
+        redis_url=os.environ.get("SSE_REDIS_URL") or None,
+        redis_prefix=os.environ.get("SSE_REDIS_PREFIX", "flask_sse"),
     )
 )
 # Benchmarks of what an optimisation bought switch it off here.
 broker.batched_wakeups = os.environ.get("BENCH_WAKE", "batched") == "batched"
+if "BENCH_WAKE_DELAY" in os.environ:
+    from flask_sse_broker import _wake
+
+    _wake._HubBatch.delay = float(os.environ["BENCH_WAKE_DELAY"])
+if "BENCH_SWITCH_INTERVAL" in os.environ:  # the slice of a wake-up round
+    import gevent
+
+    gevent.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
 app.register_blueprint(create_blueprint(broker))
 
 

@@ -293,7 +293,7 @@ class RedisBackend(Backend):
             info = self._redis.xinfo_stream(self._stream_key)
         except redis.RedisError:
             return False
-        return info.get("entries-added") == length
+        return bool(info.get("entries-added") == length)
 
     # -- the listener --------------------------------------------------------
 
