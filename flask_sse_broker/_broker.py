@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import threading
 import time
 import typing as t
@@ -104,6 +105,9 @@ class SSEConnection:
         self._finished = False
         self._head: list[bytes] | None = None
         self._skip_through: tuple[int, int] | None = None
+        #: The client's socket, when the server exposes it: lets a heartbeat
+        #: find a peer that closed without writing to it (see ``_peer_closed``).
+        self._peer: t.Any = None
 
     def __repr__(self) -> str:
         return f"<SSEConnection of {self.client.id!r} queued={len(self._queue)} closed={self._closed}>"
@@ -129,10 +133,34 @@ class SSEConnection:
                 if any(e.key is not None for e in batch):
                     self._skip_through = None
             if len(batch) == 1:  # a heartbeat, or a stream keeping up
+                if batch[0] is _HEARTBEAT and self._peer_closed():
+                    self.close()
+                    raise StopIteration
                 return batch[0].frame
             if batch:
                 # Never an empty chunk: to a chunked response that means the end.
                 return b"".join([e.frame for e in batch])
+
+    def _peer_closed(self) -> bool:
+        """Whether the client has closed its end (EOF or reset on the socket).
+
+        A write to a socket whose peer just closed usually succeeds - only the
+        next one fails - so without this a dead client would be found after two
+        heartbeats instead of one. The peek never blocks: it only runs on a
+        socket with no timeout (``MSG_DONTWAIT``) or a non-blocking one.
+        """
+        sock = self._peer
+        if sock is None:
+            return False
+        raw = getattr(sock, "_sock", sock)  # under gevent, the real socket inside
+        try:
+            if raw.gettimeout() not in (None, 0.0):
+                return False
+            return bool(raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"")
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:  # reset by the peer, or already closed here
+            return True
 
     def _take(self) -> deque[Envelope]:
         """Wait until something is queued; take all of it.

@@ -92,7 +92,7 @@ def create_blueprint(
             raise
         except (SSEError, ValueError, TypeError) as e:
             raise RequestError(400, str(e)) from None
-        _limit_write_stall(broker.config.write_timeout)
+        conn._peer = _limit_write_stall(broker.config.write_timeout)
         return Response(
             conn,
             status=200,
@@ -216,22 +216,24 @@ def _topics_body() -> tuple[object, list[t.Any]]:
     return token, topics
 
 
-def _limit_write_stall(timeout: float | None) -> None:
-    """Bound how long the kernel keeps an unacknowledged stream alive.
+def _limit_write_stall(timeout: float | None) -> t.Any:
+    """Return the stream's socket, bounding how long the kernel keeps it
+    alive while written data goes unacknowledged.
 
     Under WSGI a stream only learns its peer is gone when a write fails, and a
     write to a peer that stopped reading (or vanished without a FIN) blocks
     until TCP gives up, which by default takes many minutes or never happens.
     ``TCP_USER_TIMEOUT`` (Linux) makes it fail after ``timeout``, zero-window
-    probes included. Werkzeug and gunicorn expose the socket in the environ.
+    probes included. Werkzeug and gunicorn expose the socket in the environ;
+    ``None`` when the server does not.
     """
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
     sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
-    if not timeout or option is None or sock is None:
-        return
-    # Not a TCP socket (a unix socket, a test client): nothing to bound.
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, option, int(timeout * 1000))
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is not None and timeout and option is not None:
+        # Not a TCP socket (a unix socket, a test client): nothing to bound.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, int(timeout * 1000))
+    return sock
 
 
 def _static(filename: str, mimetype: str) -> Response:

@@ -279,9 +279,25 @@ def test_a_vanished_client_is_released_within_a_heartbeat(server: Server) -> Non
             and "dead2" not in state["topics"]
         )
 
-    wait_for(released, timeout=SHARED_CONFIG["SSE_HEARTBEAT_INTERVAL"] * 2 + 3, what="release")
+    # One heartbeat finds it (the socket shows EOF), plus a margin for a busy machine.
+    wait_for(released, timeout=SHARED_CONFIG["SSE_HEARTBEAT_INTERVAL"] + 1.5, what="release")
     state = server.state()
     assert len(state["queued"]) == state["connections"] == state["open_streams"]
+
+
+@pytest.mark.parametrize("kind", ["werkzeug", "gthread", "gevent"])
+def test_a_closed_client_is_found_by_the_first_heartbeat_after_it(make_server: t.Any, kind: str) -> None:
+    interval = 2.0
+    srv = make_server(kind, config={"SSE_HEARTBEAT_INTERVAL": interval})
+    reader = EventReader(connect_url(srv), keep_heartbeats=True)
+    client_id = reader.connected()["clientId"]
+    assert reader.next(interval + 2).event == "heartbeat"
+    reader.close()  # right after a heartbeat: the next one is a full interval away
+    closed_at = time.monotonic()
+    wait_for(lambda: client_id not in srv.state()["clients"], timeout=interval + 3, what="release")
+    # A write-only check needs a second heartbeat (the first write after a
+    # close succeeds): about two intervals. The socket's EOF is seen at one.
+    assert time.monotonic() - closed_at < interval * 1.5
 
 
 # -- bad input ----------------------------------------------------------------
