@@ -57,6 +57,8 @@ class SSEClient:
     client, so every one of its connections receives its topics' events.
     """
 
+    __slots__ = ("_connections", "_topics", "connected_at", "id", "metadata")
+
     def __init__(self, client_id: str, metadata: dict[str, t.Any] | None = None) -> None:
         self.id = client_id
         self.metadata: dict[str, t.Any] = dict(metadata or {})
@@ -88,13 +90,31 @@ class SSEConnection:
     write failed because the peer is gone - releases it from the broker.
     """
 
+    __slots__ = (
+        "_broker",
+        "_closed",
+        "_finished",
+        "_head",
+        "_peer",
+        "_queue",
+        "_released",
+        "_skip_through",
+        "_waiting",
+        "_wake",
+        "client",
+        "dropped",
+        "opened_at",
+    )
+
     def __init__(self, broker: SSEBroker, client: SSEClient) -> None:
         self.client = client
         self.opened_at = time.time()
         #: Overflows of this connection's queue.
         self.dropped = 0
         self._broker = broker
-        self._queue: deque[Envelope] = deque()
+        # A list, not a deque: an empty deque costs a 64-slot block, and with
+        # ten thousand idle streams per worker that is most of their memory.
+        self._queue: list[Envelope] = []
         self._wake = new_wake(broker.batched_wakeups)
         #: Whether the next publisher must set ``_wake``; between a ``_take``
         #: and the first event queued after it. With the lock held it means
@@ -129,7 +149,7 @@ class SSEConnection:
             if skip is not None:
                 # Live events that the replay already sent (a distributed
                 # backend replays outside the lock, so the two may overlap).
-                batch = deque(e for e in batch if e.key is None or e.key > skip)
+                batch = [e for e in batch if e.key is None or e.key > skip]
                 if any(e.key is not None for e in batch):
                     self._skip_through = None
             if len(batch) == 1:  # a heartbeat, or a stream keeping up
@@ -162,7 +182,7 @@ class SSEConnection:
         except OSError:  # reset by the peer, or already closed here
             return True
 
-    def _take(self) -> deque[Envelope]:
+    def _take(self) -> list[Envelope]:
         """Wait until something is queued; take all of it.
 
         One lock round trip per wake-up: taking the queue also re-arms the
@@ -176,14 +196,14 @@ class SSEConnection:
             with lock:
                 if self._closed:
                     if self._queue:  # the final frame; the wake-up stays set
-                        batch, self._queue = self._queue, deque()
+                        batch, self._queue = self._queue, []
                         return batch
                     self._broker._finish_locked(self)
                     raise StopIteration
                 self._waiting = True
                 wake.clear()
                 if self._queue:
-                    batch, self._queue = self._queue, deque()
+                    batch, self._queue = self._queue, []
                     return batch
 
     def close(self) -> None:
@@ -759,7 +779,7 @@ class SSEBroker:
             conn.dropped += 1
             self._counters["dropped"] += 1
             if policy == "drop_oldest":
-                conn._queue.popleft()
+                del conn._queue[0]
                 conn._queue.append(envelope)
                 queued += 1
             else:
