@@ -48,6 +48,15 @@ _SESSION_SWEEP = 5.0
 #: The longest ``Last-Event-ID`` or client id accepted before any parsing.
 MAX_ID_LENGTH = 256
 
+#: ``recv`` flags of the dead-peer check, as a plain int: ``MSG_PEEK |
+#: MSG_DONTWAIT`` on the ``IntFlag`` members runs ``Flag.__or__`` every time.
+_PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+#: ``getsockopt`` level and option reading a TCP socket's state (Linux), and
+#: the state in which the peer has neither closed nor reset its end.
+_IPPROTO_TCP = int(socket.IPPROTO_TCP)
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+_TCP_ESTABLISHED = b"\x01"
+
 
 class SSEClient:
     """The server-side record of one client id and its live connections.
@@ -176,7 +185,17 @@ class SSEConnection:
         try:
             if raw.gettimeout() not in (None, 0.0):
                 return False
-            return bool(raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"")
+            if _TCP_INFO is not None:
+                # The common case without the peek's EAGAIN exception: a TCP
+                # socket still ESTABLISHED has had no FIN and no reset, so the
+                # peek could only find data or nothing. Any other state (or a
+                # socket that is not TCP) gets the peek.
+                try:
+                    if raw.getsockopt(_IPPROTO_TCP, _TCP_INFO, 1) == _TCP_ESTABLISHED:
+                        return False
+                except OSError:
+                    pass
+            return bool(raw.recv(1, _PEEK_FLAGS) == b"")
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:  # reset by the peer, or already closed here
