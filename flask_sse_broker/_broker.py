@@ -22,7 +22,7 @@ from collections import deque
 
 from . import signals
 from ._wake import flush as flush_wakeups
-from ._wake import new_wake
+from ._wake import gevent_patched, new_wake
 from .backends.base import ALL, CLIENT, TOPIC, Backend, Envelope, Replay
 from .config import SSEConfig
 from .event import HEARTBEAT, SSEEvent, check_event_id, control_frame
@@ -912,20 +912,12 @@ def validate_client_id(client_id: str) -> str:
 
 def _spawn(target: t.Callable[..., None], *args: t.Any) -> None:
     """Run ``target`` soon, in a new greenlet under gevent, else a thread."""
-    if _gevent_patched():
+    if gevent_patched():
         import gevent
 
         gevent.spawn(target, *args)
     else:
         threading.Thread(target=target, args=args, daemon=True).start()
-
-
-def _gevent_patched() -> bool:
-    try:
-        from gevent import monkey
-    except ImportError:
-        return False
-    return bool(monkey.is_module_patched("threading"))
 
 
 # -- process exit ------------------------------------------------------------

@@ -27,13 +27,13 @@ import weakref
 from collections import deque
 from time import perf_counter as _perf_counter
 
-__all__ = ["flush", "new_wake"]
+__all__ = ["flush", "gevent_patched", "new_wake"]
 
 
 def new_wake(batched: bool = True) -> t.Any:
     """A wake-up for one connection: a :class:`GreenletWake` when gevent has
     patched ``threading`` (and ``batched``), else a :class:`threading.Event`."""
-    if batched and _gevent_patched():
+    if batched and gevent_patched():
         return GreenletWake()
     return threading.Event()
 
@@ -43,7 +43,8 @@ _get_hub: t.Any = None
 _getcurrent: t.Any = None
 
 
-def _gevent_patched() -> bool:
+def gevent_patched() -> bool:
+    """Whether gevent has monkey-patched ``threading`` in this process."""
     global _patched
     if _patched:
         return True
