@@ -352,6 +352,11 @@ class SSEBroker:
             self._drained = threading.Event()
         self.backend.start()
         self._start_heartbeats()
+        if self.config.handle_sigterm:
+            # Installed at registration already, unless the app was imported
+            # before a fork (gunicorn --preload). From a request this works
+            # where requests run on the main thread: greenlets under gevent.
+            install_sigterm_handler()
 
     def _start_heartbeats(self) -> None:
         with self._lock:
@@ -923,7 +928,9 @@ def _spawn(target: t.Callable[..., None], *args: t.Any) -> None:
 # -- process exit ------------------------------------------------------------
 
 _live_brokers: weakref.WeakSet[SSEBroker] = weakref.WeakSet()
-_sigterm_installed = False
+#: The process the SIGTERM handler was installed in: a forked worker (gunicorn
+#: ``--preload``) inherits the flag but not the handler, which gunicorn resets.
+_sigterm_pid: int | None = None
 
 
 def _shutdown_all(timeout: float = 2.0) -> None:
@@ -940,11 +947,12 @@ def install_sigterm_handler() -> bool:
     was there before (gunicorn's graceful exit, or the default).
 
     Gunicorn gives a worker no hook before its graceful period; without this,
-    open streams hold the worker until ``graceful_timeout`` kills it. Call from
-    the main thread; returns whether the handler was installed.
+    open streams hold the worker until ``graceful_timeout`` kills it. Only the
+    main thread may set a signal handler: elsewhere this does nothing. Returns
+    whether the handler was installed (once per process).
     """
-    global _sigterm_installed
-    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+    global _sigterm_pid
+    if _sigterm_pid == os.getpid():
         return False
     previous = signal.getsignal(signal.SIGTERM)
     pid = os.getpid()
@@ -969,7 +977,7 @@ def install_sigterm_handler() -> bool:
 
     try:
         signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # pragma: no cover - not the main thread after all
+    except ValueError:  # not the main thread (a gthread request, say)
         return False
-    _sigterm_installed = True
+    _sigterm_pid = pid
     return True

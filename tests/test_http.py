@@ -491,9 +491,14 @@ def test_identify_binds_tokens_to_the_user(make_server: t.Any) -> None:
 # -- guarantee 6: clean shutdown ----------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["gthread", "gevent", "werkzeug"])
-def test_sigterm_ends_every_stream_promptly(make_server: t.Any, kind: str) -> None:
-    srv = make_server(kind)
+@pytest.mark.parametrize(
+    ("kind", "args"), [("gthread", ()), ("gevent", ()), ("werkzeug", ()), ("gevent", ("--preload",))]
+)
+def test_sigterm_ends_every_stream_promptly(make_server: t.Any, kind: str, args: tuple[str, ...]) -> None:
+    # With --preload the app is imported in the arbiter, before the fork and
+    # before gunicorn sets the worker's own handler: the broker installs its
+    # handler again when the worker opens its first stream.
+    srv = make_server(kind, gunicorn_args=args)
     readers = [EventReader(connect_url(srv)) for _ in range(3)]
     for reader in readers:
         reader.connected()
