@@ -650,16 +650,19 @@ class SSEBroker:
             raise InvalidEventId(value)
         return value
 
-    def subscribe(self, client_id: str, *topics: str) -> frozenset[str]:
+    def subscribe(self, client_id: str, *topics: str | t.Collection[str]) -> frozenset[str]:
         """Add topics to a client (all its connections); return its topics.
+
+        Topics are separate arguments, or one list of them.
 
         :raises ClientNotFound: the client is neither connected nor remembered.
         """
-        return self.backend.subscribe(client_id, self.validate_topics(topics))
+        return self.backend.subscribe(client_id, self.validate_topics(_topic_args(topics)))
 
-    def unsubscribe(self, client_id: str, *topics: str) -> frozenset[str]:
-        """Remove topics from a client; return its topics."""
-        return self.backend.unsubscribe(client_id, self.validate_topics(topics))
+    def unsubscribe(self, client_id: str, *topics: str | t.Collection[str]) -> frozenset[str]:
+        """Remove topics from a client; return its topics. Arguments as for
+        :meth:`subscribe`."""
+        return self.backend.unsubscribe(client_id, self.validate_topics(_topic_args(topics)))
 
     def _subscribe_local(self, client_id: str, topics: t.Collection[str]) -> frozenset[str]:
         with self._lock:
@@ -900,6 +903,13 @@ class SSEBroker:
             result["backend_error"] = str(e)
         result["backend"] = type(self.backend).__name__
         return result
+
+
+def _topic_args(topics: tuple[t.Any, ...]) -> t.Iterable[t.Any]:
+    """``subscribe("a", "b")`` or ``subscribe(["a", "b"])``: the topics."""
+    if len(topics) == 1 and isinstance(topics[0], (list, tuple, set, frozenset)):
+        return tuple(topics[0])
+    return topics
 
 
 def new_client_id() -> str:

@@ -247,6 +247,14 @@ def test_subscribe_and_unsubscribe_change_delivery(broker: SSEBroker) -> None:
     assert broker.clients_by_topic("a") == []
 
 
+def test_topics_may_be_given_as_one_list(broker: SSEBroker) -> None:
+    broker.open_stream("c")
+    assert broker.subscribe("c", ["a", "b"]) == {"a", "b"}
+    assert broker.unsubscribe("c", ("a",)) == {"b"}
+    with pytest.raises(InvalidTopic):
+        broker.subscribe("c", ["ok", 42])
+
+
 def test_subscribe_unknown_client_raises(broker: SSEBroker) -> None:
     with pytest.raises(ClientNotFound):
         broker.subscribe("nobody", "a")
