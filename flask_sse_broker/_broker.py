@@ -42,6 +42,8 @@ logger = logging.getLogger("flask_sse_broker")
 #: Queued in place of an event when a connection is idle at a heartbeat tick.
 _HEARTBEAT = Envelope(None, None, ALL, None, HEARTBEAT)
 
+_T = t.TypeVar("_T", set[str], frozenset[str])
+
 #: Seconds between sweeps of expired sessions when heartbeats are off.
 _SESSION_SWEEP = 5.0
 
@@ -422,7 +424,7 @@ class SSEBroker:
                 self._drained.set()
         for client in gone:
             if client is not None:
-                self._notify(self.config.on_disconnect, signals.client_disconnected, client)
+                self._notify_disconnected(client)
         self._stop.set()
         if connections and timeout > 0:
             self._drained.wait(timeout)
@@ -485,9 +487,7 @@ class SSEBroker:
                 client._topics.update(remembered)
             elif metadata:
                 client.metadata.update(metadata)
-            merged = client._topics | topic_set
-            if len(merged) > self.config.max_topics_per_connection:
-                raise TooManyTopics(len(merged), self.config.max_topics_per_connection)
+            merged = self._check_topic_count(client._topics | topic_set)
             if first:
                 self._clients[client_id] = client
                 self._sessions.pop(client_id, None)
@@ -496,8 +496,7 @@ class SSEBroker:
             self._connections.add(conn)
             self._open_streams += 1
             self._counters["connections_opened"] += 1
-            for topic in merged:
-                self._topics.setdefault(topic, set()).add(conn)
+            self._index_locked((conn,), merged)
             client._topics = merged
         # The connection is registered, so live events already queue for it;
         # the replay below covers everything before, and duplicates are skipped.
@@ -537,7 +536,7 @@ class SSEBroker:
                 return
             gone = self._detach_locked(conn)
         if gone is not None:
-            self._notify(self.config.on_disconnect, signals.client_disconnected, gone)
+            self._notify_disconnected(gone)
 
     def _finish_locked(self, conn: SSEConnection) -> None:
         if not conn._finished:
@@ -555,12 +554,7 @@ class SSEBroker:
         conn._close_locked(final)
         self._connections.discard(conn)
         client = conn.client
-        for topic in client._topics:
-            members = self._topics.get(topic)
-            if members is not None:
-                members.discard(conn)
-                if not members:
-                    del self._topics[topic]
+        self._unindex_locked((conn,), client._topics)
         client._connections.remove(conn)
         if client._connections or self._clients.get(client.id) is not client:
             return None
@@ -590,6 +584,9 @@ class SSEBroker:
         if signal_.receivers:
             signal_.send(self, client=client)
 
+    def _notify_disconnected(self, client: SSEClient) -> None:
+        self._notify(self.config.on_disconnect, signals.client_disconnected, client)
+
     def disconnect(self, client_id: str) -> int:
         """Close every connection of ``client_id``; return how many closed here."""
         return self.backend.disconnect(client_id)
@@ -605,7 +602,7 @@ class SSEBroker:
             for conn in connections:
                 gone = self._detach_locked(conn) or gone
         if gone is not None:
-            self._notify(self.config.on_disconnect, signals.client_disconnected, gone)
+            self._notify_disconnected(gone)
         return len(connections)
 
     # -- topics --------------------------------------------------------------
@@ -669,13 +666,8 @@ class SSEBroker:
             client = self._clients.get(client_id)
             if client is None:
                 return self._update_session_locked(client_id, topics, add=True)
-            merged = client._topics | set(topics)
-            if len(merged) > self.config.max_topics_per_connection:
-                raise TooManyTopics(len(merged), self.config.max_topics_per_connection)
-            for topic in topics:
-                if topic not in client._topics:
-                    members = self._topics.setdefault(topic, set())
-                    members.update(client._connections)
+            merged = self._check_topic_count(client._topics | set(topics))
+            self._index_locked(client._connections, merged - client._topics)
             client._topics = merged
             return frozenset(merged)
 
@@ -684,13 +676,7 @@ class SSEBroker:
             client = self._clients.get(client_id)
             if client is None:
                 return self._update_session_locked(client_id, topics, add=False)
-            for topic in topics:
-                if topic in client._topics:
-                    members = self._topics.get(topic)
-                    if members is not None:
-                        members.difference_update(client._connections)
-                        if not members:
-                            del self._topics[topic]
+            self._unindex_locked(client._connections, client._topics & set(topics))
             client._topics = client._topics - set(topics)
             return frozenset(client._topics)
 
@@ -702,10 +688,30 @@ class SSEBroker:
             raise ClientNotFound(client_id)
         current, expiry = session
         updated = current | frozenset(topics) if add else current - frozenset(topics)
-        if len(updated) > self.config.max_topics_per_connection:
-            raise TooManyTopics(len(updated), self.config.max_topics_per_connection)
-        self._sessions[client_id] = (updated, expiry)
+        self._sessions[client_id] = (self._check_topic_count(updated), expiry)
         return updated
+
+    def _check_topic_count(self, topics: _T) -> _T:
+        """Return ``topics`` if a client may hold that many; raise
+        :exc:`TooManyTopics` otherwise."""
+        limit = self.config.max_topics_per_connection
+        if len(topics) > limit:
+            raise TooManyTopics(len(topics), limit)
+        return topics
+
+    def _index_locked(self, connections: t.Iterable[SSEConnection], topics: t.Iterable[str]) -> None:
+        """Make ``connections`` recipients of ``topics`` in the topic index."""
+        for topic in topics:
+            self._topics.setdefault(topic, set()).update(connections)
+
+    def _unindex_locked(self, connections: t.Collection[SSEConnection], topics: t.Iterable[str]) -> None:
+        """Remove ``connections`` from ``topics``; drop topics left empty."""
+        for topic in topics:
+            members = self._topics.get(topic)
+            if members is not None:
+                members.difference_update(connections)
+                if not members:
+                    del self._topics[topic]
 
     # -- publishing ----------------------------------------------------------
 
@@ -837,7 +843,7 @@ class SSEBroker:
             for conn in connections:
                 signals.event_dropped.send(self, client=conn.client, connection=conn, policy=policy)
         for client in gone:
-            self._notify(self.config.on_disconnect, signals.client_disconnected, client)
+            self._notify_disconnected(client)
 
     def _run_after_lock(self) -> None:
         pending = self._after_lock
