@@ -107,12 +107,7 @@ def create_blueprint(
             topic_set = broker.validate_topics(topics)
         except (SSEError, ValueError, TypeError) as e:
             raise RequestError(400, str(e)) from None
-        client_id = load_token(token)
-        if client_id is None:
-            raise RequestError(403, "invalid token")
-        identified = _identify()
-        if identified is not None and identified != client_id:
-            raise RequestError(403, "the token belongs to another client")
+        client_id = t.cast(str, _client_id_for(token))
         _authorize(topic_set)
         if not broker.is_connected(client_id):
             raise RequestError(404, "the client is not connected")
@@ -154,6 +149,8 @@ def create_blueprint(
         return _static("client.d.ts", "application/typescript")
 
     def _client_id_for(token: str | None) -> str | None:
+        """The client id a request acts as: the token's (which ``identify``
+        must agree with), else the identified user's, else ``None``."""
         identified = _identify()
         if token is None:
             return identified
@@ -192,7 +189,7 @@ def create_blueprint(
     return bp
 
 
-def _topics_body() -> tuple[object, list[t.Any]]:
+def _topics_body() -> tuple[str, list[t.Any]]:
     """Parse ``{"token": ..., "topics": [...]}``: 415, 413 or 400 on failure."""
     if request.mimetype != "application/json":
         raise RequestError(415, "the body must be application/json")
