@@ -481,9 +481,7 @@ class RedisBackend(Backend):
                 raise ClientNotFound(client_id)
             current = known
         updated = current | frozenset(topics) if op == "subscribe" else current - frozenset(topics)
-        limit = broker.config.max_topics_per_connection
-        if len(updated) > limit:
-            raise TooManyTopics(len(updated), limit)
+        broker._check_topic_count(updated)
         self._publish_control(op, client_id, topics)
         try:
             if op == "subscribe":
