@@ -16,6 +16,7 @@ import threading
 
 from flask import Flask, jsonify, request
 
+import flask_sse_broker
 from flask_sse_broker import SSEBroker, SSEConfig, SSEEvent, create_blueprint
 
 
@@ -107,6 +108,11 @@ def create_app() -> Flask:
     @app.get("/test/last-event-id")
     def last_event_id():
         return jsonify(id=broker.last_event_id())
+
+    @app.get("/test/package")
+    def package():
+        """Where this server imported the package from (CI asserts the installed wheel)."""
+        return jsonify(file=flask_sse_broker.__file__)
 
     return app
 
