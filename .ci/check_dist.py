@@ -23,8 +23,18 @@ PACKAGE = "flask_sse_broker"
 SKIP_PARTS = {"__pycache__"}
 SKIP_SUFFIXES = {".pyc", ".pyo"}
 #: Paths (files or directories) every sdist must contain, relative to its root.
-SDIST_MUST_HAVE = ("README.rst", "CHANGES.rst", "LICENSE.rst", "setup.cfg", "pyproject.toml", "tox.ini",
-                   "tests/conftest.py", "examples/dashboard/app.py", "docs/conf.py", "docs/index.rst")  # fmt: skip
+SDIST_MUST_HAVE = (
+    "README.rst",
+    "CHANGES.rst",
+    "LICENSE.rst",
+    "setup.cfg",
+    "pyproject.toml",
+    "tox.ini",
+    "tests/conftest.py",
+    "examples/dashboard/app.py",
+    "docs/conf.py",
+    "docs/index.rst",
+)
 
 
 def source_files() -> set[str]:
@@ -36,10 +46,22 @@ def source_files() -> set[str]:
     }
 
 
+def check_packages(expected: set[str]) -> list[str]:
+    """Every directory of the package holding modules must be a regular package:
+    ``packages = find:`` skips one without ``__init__.py`` (or, from a stale
+    egg-info, ships its modules as data of a namespace package)."""
+    dirs = {name.rpartition("/")[0] for name in expected if name.endswith(".py")}
+    return [
+        f"{d}/ holds modules but no __init__.py" for d in sorted(dirs) if f"{d}/__init__.py" not in expected
+    ]
+
+
 def check_wheel(wheel: Path, expected: set[str]) -> list[str]:
     names = set(zipfile.ZipFile(wheel).namelist())
     problems = [f"{wheel.name}: missing {name}" for name in sorted(expected - names)]
-    extra = {n.split("/")[0] for n in names} - {PACKAGE} - {n.split("/")[0] for n in names if ".dist-info/" in n}
+    extra = (
+        {n.split("/")[0] for n in names} - {PACKAGE} - {n.split("/")[0] for n in names if ".dist-info/" in n}
+    )
     problems += [f"{wheel.name}: unexpected top-level entry {name}" for name in sorted(extra)]
     if not any(n.endswith(".dist-info/licenses/LICENSE.rst") for n in names):
         problems.append(f"{wheel.name}: no LICENSE.rst in .dist-info/licenses")
@@ -63,7 +85,7 @@ def main(dist: Path) -> int:
     if not any(name.endswith("/__init__.py") for name in expected):
         print(f"no package found under {CHECKOUT / PACKAGE}", file=sys.stderr)
         return 1
-    problems = check_wheel(wheels[0], expected) + check_sdist(sdists[0], expected)
+    problems = check_packages(expected) + check_wheel(wheels[0], expected) + check_sdist(sdists[0], expected)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
