@@ -7,16 +7,16 @@ request that fails a check leaves no state behind.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-import socket
 import typing as t
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
 
-from ._broker import SSEBroker, install_sigterm_handler, new_client_id
+from ._broker import SSEBroker, new_client_id
+from ._process import install_sigterm_handler
+from ._socket import limit_write_stall
 from .exceptions import BackendError, BrokerUnavailable, ClientNotFound, SSEError
 from .tokens import load_token, make_token
 
@@ -92,7 +92,8 @@ def create_blueprint(
             raise
         except (SSEError, ValueError, TypeError) as e:
             raise RequestError(400, str(e)) from None
-        conn._peer = _limit_write_stall(broker.config.write_timeout)
+        conn._peer = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+        limit_write_stall(conn._peer, broker.config.write_timeout)
         return Response(
             conn,
             status=200,
@@ -213,26 +214,6 @@ def _topics_body() -> tuple[str, list[t.Any]]:
     return token, topics
 
 
-def _limit_write_stall(timeout: float | None) -> t.Any:
-    """Return the stream's socket, bounding how long the kernel keeps it
-    alive while written data goes unacknowledged.
-
-    Under WSGI a stream only learns its peer is gone when a write fails, and a
-    write to a peer that stopped reading (or vanished without a FIN) blocks
-    until TCP gives up, which by default takes many minutes or never happens.
-    ``TCP_USER_TIMEOUT`` (Linux) makes it fail after ``timeout``, zero-window
-    probes included. Werkzeug and gunicorn expose the socket in the environ;
-    ``None`` when the server does not.
-    """
-    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    if sock is not None and timeout and option is not None:
-        # Not a TCP socket (a unix socket, a test client): nothing to bound.
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, option, int(timeout * 1000))
-    return sock
-
-
 def _static(filename: str, mimetype: str) -> Response:
     resp = send_from_directory(STATIC_DIR, filename, mimetype=mimetype, conditional=True, max_age=3600)
     resp.headers["Cache-Control"] = "public, max-age=3600, must-revalidate"
@@ -253,14 +234,23 @@ def _on_register(app: Flask, broker: SSEBroker) -> None:
 def setup_sse(app: Flask, broker: SSEBroker | None = None, prefix: str = "/_sse") -> SSEBroker:
     """Serve ``broker`` (the module's default one when ``None``) under
     ``prefix`` on ``app``; return the broker."""
-    from . import broker as default_broker
-
-    broker = broker if broker is not None else default_broker
+    broker = broker if broker is not None else _default_broker()
     name = "sse" if prefix == "/_sse" else "sse" + prefix.replace("/", "_").rstrip("_")
     app.register_blueprint(create_blueprint(broker, name=name, url_prefix=prefix))
+    return broker
+
+
+def _default_broker() -> SSEBroker:
     return broker
 
 
 def current_broker() -> SSEBroker:
     """The broker registered on the current app."""
     return current_app.extensions["sse"]  # type: ignore[no-any-return]
+
+
+#: The module's default broker, served by :data:`sse_bp`.
+broker = SSEBroker()
+#: A ready blueprint for :data:`broker` at ``/_sse``:
+#: ``app.register_blueprint(sse_bp)``.
+sse_bp = create_blueprint(broker)

@@ -17,8 +17,7 @@ import typing as t
 import pytest
 import redis
 
-from flask_sse_broker import SSEBroker, SSEConfig
-from flask_sse_broker._broker import SSEConnection
+from flask_sse_broker import SSEBroker, SSEConfig, SSEConnection
 from flask_sse_broker._decoder import EventDecoder, LineDecoder
 
 from .support import ROOT, QueuedEvents, free_port, wait_for
