@@ -103,3 +103,15 @@ def test_registering_on_another_app_reconfigures_a_running_broker(app: Flask) ->
     assert broker.config.history_size == 5
     broker.shutdown(timeout=0)
 
+
+def test_routing_errors_outside_the_prefix_keep_the_apps_own_handler(app: Flask) -> None:
+    @app.errorhandler(404)
+    def mine(error: t.Any) -> tuple[str, int]:
+        return "the app's own page", 404
+
+    setup_sse(app, SSEBroker(SSEConfig(handle_sigterm=False)), "/events")
+    client = app.test_client()
+    assert client.get("/elsewhere").get_data(as_text=True) == "the app's own page"
+    assert client.get("/events-not-ours").get_data(as_text=True) == "the app's own page"
+    answer = client.get("/events/elsewhere")
+    assert (answer.status_code, answer.get_json()) == (404, {"error": "not found", "status": 404})

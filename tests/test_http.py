@@ -423,6 +423,26 @@ def test_subscribe_for_a_client_that_is_gone_is_404(server: Server) -> None:
     assert json.loads(body)["error"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/_sse/connect", 405),
+        ("GET", "/_sse/subscribe", 405),
+        ("DELETE", "/_sse/unsubscribe", 405),
+        ("GET", "/_sse/no-such-route", 404),
+    ],
+)
+def test_routing_errors_under_the_prefix_are_json_errors(
+    server: Server, method: str, path: str, status: int
+) -> None:
+    got, headers, body = _request_with_headers(method, server.url(path))
+    assert got == status
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {"error": json.loads(body)["error"], "status": status}
+    if status == 405:
+        assert method not in headers["Allow"]
+
+
 def test_stats_when_enabled(server: Server) -> None:
     status, body = http_request("GET", server.url("/_sse/stats"))
     assert status == 200
@@ -444,13 +464,17 @@ def test_over_max_connections_is_503_with_retry_after(make_server: t.Any, kind: 
 
 
 def _get_with_headers(url: str) -> tuple[int, t.Any, bytes]:
+    return _request_with_headers("GET", url)
+
+
+def _request_with_headers(method: str, url: str) -> tuple[int, t.Any, bytes]:
     import http.client
     import urllib.parse
 
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     try:
-        conn.request("GET", parts.path)
+        conn.request(method, parts.path)
         resp = conn.getresponse()
         return resp.status, resp.headers, resp.read()
     finally:
