@@ -10,7 +10,6 @@ local streams to end, so their clients resume (and are told ``reset``).
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 import typing as t
@@ -20,8 +19,7 @@ import redis
 from .._backoff import EqualJitterBackoff
 from .._wire import Envelope, Seq, format_event_id, parse_event_id
 from ._redis_keys import RedisKeys, decode_message, entry_envelope, text
-
-logger = logging.getLogger("flask_sse_broker")
+from .base import logger
 
 
 class _Tunables(t.Protocol):

@@ -9,7 +9,6 @@ hash, refreshed every ``refresh_interval`` and expiring after
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 import typing as t
@@ -18,12 +17,11 @@ import redis
 
 from ..exceptions import BackendError
 from ._redis_keys import RedisKeys, dump_topics, text
+from .base import logger
 
 if t.TYPE_CHECKING:
     from .._connection import SSEClient
     from .._hub import Hub
-
-logger = logging.getLogger("flask_sse_broker")
 
 
 class _Tunables(t.Protocol):

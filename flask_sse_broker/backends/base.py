@@ -1,7 +1,7 @@
 """The backend contract: what carries events between publishers and streams.
 
 Data flows one way: ``publish -> backend -> hub -> connection queue -> stream
--> socket``. A backend is handed the process's :class:`~flask_sse_broker._hub.Hub`
+-> socket``. A backend is handed the process's hub (``Hub`` of ``_hub.py``)
 by :meth:`Backend.bind` and never sees the broker. The hub owns the
 connections, the registries and the one lock; a backend never touches a
 connection itself. What a backend may use of the hub:
@@ -46,6 +46,7 @@ greenlet), without the hub's lock, and may block on I/O for a bounded time
 
 from __future__ import annotations
 
+import logging
 import typing as t
 from dataclasses import dataclass, field
 
@@ -56,6 +57,9 @@ if t.TYPE_CHECKING:
     from .._hub import Hub
 
 __all__ = ["ALL", "CLIENT", "TOPIC", "Audience", "Backend", "Envelope", "Replay"]
+
+#: The package's logger (named after the top-level package), for every backend.
+logger = logging.getLogger(__name__.partition(".")[0])
 
 #: Who an event is for (the members of :class:`Audience`).
 ALL = Audience.ALL

@@ -17,7 +17,6 @@ deliver all events in the same order. Presence and sessions
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import socket
@@ -31,15 +30,13 @@ from ..exceptions import BackendError, BrokerUnavailable, ClientNotFound, TooMan
 from ._redis_keys import ORIGIN, PUBLISH_SCRIPT, RedisKeys, encode_control, entry_envelope
 from ._redis_listener import RedisListener
 from ._redis_presence import RedisPresence
-from .base import Audience, Backend, Replay
+from .base import Audience, Backend, Replay, logger
 
 if t.TYPE_CHECKING:
     from .._connection import SSEClient
     from .._hub import Hub
 
 __all__ = ["ORIGIN", "RedisBackend"]
-
-logger = logging.getLogger("flask_sse_broker")
 
 
 class RedisBackend(Backend):
