@@ -16,7 +16,7 @@ import typing as t
 
 import pytest
 
-from .conftest import SHARED_CONFIG
+from .plugins.servers import SHARED_CONFIG
 from .support import EventReader, Server, connect_url, http_request, wait_for
 
 # -- the stream ---------------------------------------------------------------
@@ -542,7 +542,7 @@ def test_sigterm_ends_every_stream_promptly(make_server: t.Any, kind: str, args:
 def test_1000_concurrent_streams_in_one_gevent_worker(make_server: t.Any) -> None:
     import asyncio
 
-    from flask_sse_broker._decoder import EventDecoder, LineDecoder
+    from flask_sse_broker._decoder import iter_events
 
     srv = make_server("gevent", config={"SSE_HEARTBEAT_INTERVAL": 5})
     count = 1000
@@ -552,15 +552,13 @@ def test_1000_concurrent_streams_in_one_gevent_worker(make_server: t.Any) -> Non
         writer.write(b"GET /_sse/connect?topics=crowd HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
         await reader.readuntil(b"\r\n\r\n")
-        lines, events = LineDecoder(), EventDecoder()
         try:
             while True:
                 size = int((await reader.readline()).strip(), 16)
                 chunk = await reader.readexactly(size + 2)
-                for line in lines.feed(chunk[:-2]):
-                    event = events.decode(line)
-                    if event is None:
-                        continue
+                # The broker writes whole frames per chunk, so each chunk
+                # decodes on its own.
+                for event in iter_events([chunk[:-2]]):
                     if event.event == "connected":
                         connected.put_nowait(None)
                     elif event.event == "message":

@@ -31,7 +31,6 @@ from .redis_support import (
     ConnectionReader,
     RedisServer,
     connections_named,
-    delete_prefix,
     new_prefix,
     requires_redis,
     requires_redis_server,
@@ -39,27 +38,6 @@ from .redis_support import (
 from .support import ROOT, EventReader, Server, connect_url, free_port, http_request, wait_for
 
 pytestmark = requires_redis
-
-
-@pytest.fixture
-def prefix() -> t.Iterator[str]:
-    value = new_prefix()
-    yield value
-    delete_prefix(SHARED_URL, value)
-
-
-@pytest.fixture
-def cluster(prefix: str) -> t.Iterator[Cluster]:
-    c = Cluster(SHARED_URL, prefix)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def private_redis() -> t.Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
 
 
 def redis_config(prefix: str, url: str = SHARED_URL, **extra: t.Any) -> dict[str, t.Any]:
