@@ -34,7 +34,7 @@ _STREAM_HEADERS = {
 }
 
 
-def error_response(error: SSEError) -> Response:
+def _error_response(error: SSEError) -> Response:
     """``{"error": message, "status": code}`` with the error's status, and
     ``Retry-After`` when it says when to retry."""
     resp = jsonify(error=str(error), status=error.status)
@@ -56,7 +56,7 @@ def create_blueprint(
     bp = Blueprint(name, import_name, url_prefix=url_prefix, cli_group="sse")
     bp.record_once(lambda state: _on_register(t.cast(Flask, state.app), broker))
     bp.record(lambda state: _prefixes(t.cast(Flask, state.app)).add(state.url_prefix or ""))
-    bp.register_error_handler(SSEError, error_response)
+    bp.register_error_handler(SSEError, _error_response)
     bp.before_app_request(_json_routing_errors)
 
     @bp.get("/connect")
@@ -145,7 +145,7 @@ def _json_routing_errors() -> Response | None:
     if not any(path == prefix or path.startswith(prefix + "/") for prefix in ours):
         return None
     message = "not found" if error.code == 404 else f"method {request.method} not allowed"
-    resp = error_response(RequestError(error.code, message))
+    resp = _error_response(RequestError(error.code, message))
     if error.code == 405:
         resp.headers["Allow"] = ", ".join(getattr(error, "valid_methods", None) or ())
     return resp
