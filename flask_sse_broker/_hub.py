@@ -67,6 +67,9 @@ class Hub:
         self.watchers: list[ClientWatcher] = []
         #: Told after the lock about overflows (the broker logs and signals).
         self.overflow_watcher: OverflowWatcher | None = None
+        #: Every connection's ``on_close``: one bound method shared by all,
+        #: not one per connection (ten thousand idle streams per worker).
+        self._release = self.release
         self.reset()
 
     def reset(self) -> None:
@@ -158,7 +161,7 @@ class Hub:
             if first:
                 self._clients[client_id] = client
                 self._sessions.pop(client_id, None)
-            conn = SSEConnection(client, self.lock, self.release, wake)
+            conn = SSEConnection(client, self.lock, self._release, wake)
             client._connections.append(conn)
             self._connections.add(conn)
             self._open_streams += 1
