@@ -40,8 +40,8 @@ def measure(subscribers: int, publishes: int, repeats: int) -> dict[str, float]:
                 broker.broadcast_to_topic("bench", {"n": i})
                 times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            last = conns[-1]
-            while len(last._queue) < publishes * (len(runs) + 1):  # the fan-out may lag the return
+            expected = subscribers * publishes * (len(runs) + 1)
+            while broker.stats()["queued_now"] < expected:  # the fan-out may lag the return
                 time.sleep(0.0005)
                 if time.perf_counter() - t0 > 30:
                     break
@@ -49,7 +49,7 @@ def measure(subscribers: int, publishes: int, repeats: int) -> dict[str, float]:
             runs.append(statistics.median(times))
     finally:
         gc.enable()
-    queued = sum(len(c._queue) for c in conns)
+    queued = broker.stats()["queued_now"]
     for conn in conns:
         conn.close()
     broker.shutdown(timeout=0)

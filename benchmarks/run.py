@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import loadgen
 from .loadgen import CPUMeter, Group, Publisher
+from .report import markdown
 from .servers import IMPLS, LOADGEN_CPU, Impl, Running
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -400,97 +401,6 @@ def summarise(rows: list[dict[str, t.Any]]) -> list[dict[str, t.Any]]:
         med["loadgen_bottleneck"] = any(r.get("loadgen_bottleneck") for r in rs)
         out.append(med)
     return out
-
-
-def _f(value: t.Any, digits: int = 1) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def markdown(
-    summary: list[dict[str, t.Any]], micro_result: dict[str, t.Any], info: dict[str, t.Any], runs: int
-) -> str:
-    label = {k: v.label for k, v in IMPLS.items()}
-    lines = [
-        f"Medians of {runs} run(s); server pinned to CPU 0, load generator to CPU 1. {info['cpu']}, "
-        f"{info['cpus']} CPUs, Python {info['python']}, kernel {info['kernel']}.",
-        "",
-    ]
-    fan = [r for r in summary if r["scenario"] == "fanout"]
-    if fan:
-        lines += [
-            "### Fan-out (one topic)",
-            "",
-            "| mode | subscribers | server | CPU µs / delivery | deliveries/s | publishes/s "
-            "| p50 ms | p99 ms | max ms | lost | dup | loadgen CPU |",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in sorted(fan, key=lambda r: (r["mode"], r["subscribers"], _order(r["impl"]))):
-            lg = f"{r['loadgen_cpu'] * 100:.0f} %" + (" ⚠" if r["loadgen_bottleneck"] else "")
-            lines.append(
-                f"| {r['mode']} | {r['subscribers']:,} | {label[r['impl']]} "
-                f"| {_f(r['cpu_us_per_delivery'], 2)} "
-                f"| {_f(r['deliveries_per_s'], 0)} | {_f(r['publish_rate'], 1)} | {_f(r['p50_ms'])} "
-                f"| {_f(r['p99_ms'])} | {_f(r['max_ms'])} | {_f(r['lost'], 0)} "
-                f"| {_f(r['duplicated'], 0)} | {lg} |"
-            )
-        if any(r["impl"].startswith("ours-redis") for r in fan):
-            lines.append(
-                "Redis rows: events go through the shared Redis at 127.0.0.1:6379 (not pinned); "
-                "its CPU is counted in their CPU µs / delivery."
-            )
-        lines.append("")
-    top = [r for r in summary if r["scenario"] == "topics"]
-    if top:
-        lines += [
-            "### Topics (1,000 subscribers over 100 topics, burst)",
-            "",
-            "| server | deliveries/s | CPU µs / delivery | p99 ms | lost | exact per-topic delivery |",
-            "|---|---:|---:|---:|---:|---|",
-        ]
-        for r in sorted(top, key=lambda r: _order(r["impl"])):
-            lines.append(
-                f"| {label[r['impl']]} | {_f(r['deliveries_per_s'], 0)} | {_f(r['cpu_us_per_delivery'], 2)} "
-                f"| {_f(r['p99_ms'])} | {_f(r['lost'], 0)} | {_f(r['exact'])} |"
-            )
-        lines.append("")
-    con = [r for r in summary if r["scenario"] == "connections"]
-    if con:
-        lines += [
-            "### Idle connections (heartbeat every 5 s)",
-            "",
-            "| connections | server | succeeded | RSS KiB / connection | idle CPU % |",
-            "|---:|---|---:|---:|---:|",
-        ]
-        for r in sorted(con, key=lambda r: (r["connections"], _order(r["impl"]))):
-            lines.append(
-                f"| {r['connections']:,} | {label[r['impl']]} | {_f(r['succeeded'], 0)} "
-                f"| {_f(r['rss_kib_per_connection'])} | {_f(r['idle_cpu_percent'], 2)} |"
-            )
-        lines.append("")
-    if micro_result and "error" not in micro_result:
-        lines += [
-            "### In-process publish (`broadcast_to_topic`, 5,000 local subscribers)",
-            "",
-            "| figure | value |",
-            "|---|---:|",
-        ]
-        for k, v in micro_result.items():
-            if isinstance(v, (int, float)):
-                lines.append(f"| {k} | {_f(v, 3)} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _order(impl: str) -> int:
-    return list(IMPLS).index(impl)
 
 
 def main(argv: list[str] | None = None) -> int:

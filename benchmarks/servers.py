@@ -128,6 +128,10 @@ def _gunicorn(app: str, worker: str, port: int, workers: int = 1) -> list[str]:
     ]
 
 
+#: The revision ``ours-head`` runs (``BENCH_BASE_REV``, default ``HEAD``): the
+#: "before" of a before/after in one run.
+BASE_REV = os.environ.get("BENCH_BASE_REV", "HEAD")
+
 IMPLS: dict[str, Impl] = {
     "ours": Impl("ours", "flask-sse-broker (gunicorn gevent)", "/_sse/connect?topics={topic}"),
     "ours-pywsgi": Impl(
@@ -141,15 +145,9 @@ IMPLS: dict[str, Impl] = {
     ),
     "ours-head": Impl(
         "ours-head",
-        "flask-sse-broker at git HEAD (before)",
+        f"flask-sse-broker at git {BASE_REV} (before)",
         "/_sse/connect?topics={topic}",
-        extra={"package_from": "HEAD"},
-    ),
-    "ours-nodelay": Impl(
-        "ours-nodelay",
-        "flask-sse-broker, wake-ups not deferred",
-        "/_sse/connect?topics={topic}",
-        extra={"env": {"BENCH_WAKE_DELAY": "0"}},
+        extra={"package_from": BASE_REV},
     ),
     "ours-redis": Impl(
         "ours-redis",
@@ -164,19 +162,6 @@ IMPLS: dict[str, Impl] = {
         "/_sse/connect?topics={topic}",
         needs=("redis",),
         extra={"redis": True, "workers": 2},
-    ),
-    "ours-redis-slice1": Impl(
-        "ours-redis-slice1",
-        "flask-sse-broker + Redis backend, 1 ms wake-up slices",
-        "/_sse/connect?topics={topic}",
-        needs=("redis",),
-        extra={"redis": True, "env": {"BENCH_SWITCH_INTERVAL": "0.001"}},
-    ),
-    "ours-slice1": Impl(
-        "ours-slice1",
-        "flask-sse-broker, 1 ms wake-up slices",
-        "/_sse/connect?topics={topic}",
-        extra={"env": {"BENCH_SWITCH_INTERVAL": "0.001"}},
     ),
     "handwritten": Impl(
         "handwritten", "hand-written Flask + queue.Queue (gunicorn gevent)", "/stream?topic={topic}"

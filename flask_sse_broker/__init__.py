@@ -7,8 +7,9 @@ replay what they missed when they reconnect.
 
 from __future__ import annotations
 
-from ._broker import SSEBroker, SSEClient, SSEConnection
-from .blueprint import create_blueprint, setup_sse
+from ._broker import SSEBroker
+from ._connection import SSEClient, SSEConnection
+from .blueprint import broker, create_blueprint, setup_sse, sse_bp
 from .config import SSEConfig
 from .event import SSEEvent
 from .exceptions import (
@@ -26,12 +27,6 @@ from .helper import SSEHelper
 from .signals import client_connected, client_disconnected, event_dropped, event_published
 
 __version__ = "0.1.0"
-
-#: The module's default broker, served by :data:`sse_bp`.
-broker = SSEBroker()
-#: A ready blueprint for :data:`broker` at ``/_sse``:
-#: ``app.register_blueprint(sse_bp)``.
-sse_bp = create_blueprint(broker)
 
 __all__ = [
     "BackendError",

@@ -25,7 +25,7 @@ class EqualJitterBackoff:
     def ceiling(self, attempt: int) -> float:
         """The upper bound of the delay before attempt ``attempt`` (1-based)."""
         # min() before the power would overflow for a long outage.
-        return min(self.cap, self.base * 2 ** min(max(attempt, 1) - 1, 64))
+        return float(min(self.cap, self.base * 2 ** min(max(attempt, 1) - 1, 64)))
 
     def compute(self, attempt: int) -> float:
         """A random delay in ``[ceiling / 2, ceiling]``."""

@@ -27,10 +27,22 @@ import weakref
 from collections import deque
 from time import perf_counter as _perf_counter
 
-__all__ = ["flush", "gevent_patched", "new_wake"]
+__all__ = ["Wake", "flush", "gevent_patched", "new_wake"]
 
 
-def new_wake(batched: bool = True) -> t.Any:
+class Wake(t.Protocol):
+    """What a stream waits on: the part of :class:`threading.Event` it uses.
+    ``set`` and ``clear`` are called with the hub's lock held, ``wait``
+    without it."""
+
+    def set(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def new_wake(batched: bool = True) -> Wake:
     """A wake-up for one connection: a :class:`GreenletWake` when gevent has
     patched ``threading`` (and ``batched``), else a :class:`threading.Event`."""
     if batched and gevent_patched():

@@ -1,27 +1,30 @@
-"""The Flask integration: the routes of the HTTP contract, as a blueprint.
+"""The Flask integration: the routes of the HTTP contract, as a blueprint, and
+the module's default broker with its ready blueprint.
 
-Every query parameter, header and body here comes from the network and is
-treated as hostile: each is checked before it touches the broker, and a
-request that fails a check leaves no state behind.
+Routes only: what a request carries is read and checked in ``_requests.py``,
+and every refusal is an :exc:`SSEError` carrying its status, answered by one
+error handler as JSON ``{"error": message, "status": code}``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import os
-import socket
 import typing as t
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
+from werkzeug.exceptions import HTTPException
 
-from ._broker import SSEBroker, install_sigterm_handler, new_client_id
-from .exceptions import BackendError, BrokerUnavailable, ClientNotFound, SSEError
-from .tokens import load_token, make_token
+from . import _requests
+from ._broker import SSEBroker, new_client_id
+from ._process import install_sigterm_handler
+from ._requests import RequestError
+from ._socket import limit_write_stall
+from .exceptions import BrokerUnavailable, ClientNotFound, SSEError
+from .tokens import make_token
 
-#: Largest JSON body accepted by ``/subscribe`` and ``/unsubscribe``.
-MAX_BODY_BYTES = 64 * 1024
+__all__ = ["broker", "create_blueprint", "current_broker", "setup_sse", "sse_bp"]
+
 #: Where the browser client lives.
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 
@@ -31,20 +34,14 @@ _STREAM_HEADERS = {
 }
 
 
-class RequestError(Exception):
-    """A request the routes refuse, answered as JSON ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-    def response(self) -> Response:
-        resp = jsonify(error=self.message, status=self.status)
-        resp.status_code = self.status
-        resp.headers.update(self.headers)
-        return resp
+def _error_response(error: SSEError) -> Response:
+    """``{"error": message, "status": code}`` with the error's status, and
+    ``Retry-After`` when it says when to retry."""
+    resp = jsonify(error=str(error), status=error.status)
+    resp.status_code = error.status
+    if error.retry_after is not None:
+        resp.headers["Retry-After"] = str(error.retry_after)
+    return resp
 
 
 def create_blueprint(
@@ -58,41 +55,27 @@ def create_blueprint(
     """
     bp = Blueprint(name, import_name, url_prefix=url_prefix, cli_group="sse")
     bp.record_once(lambda state: _on_register(t.cast(Flask, state.app), broker))
-
-    @bp.errorhandler(RequestError)
-    def request_error(error: RequestError) -> Response:
-        return error.response()
-
-    @bp.errorhandler(BackendError)
-    def backend_error(error: BackendError) -> Response:
-        # The backend (Redis) is unreachable: the request may succeed later.
-        return RequestError(
-            503, f"the event backend is unavailable: {error}", {"Retry-After": "5"}
-        ).response()
+    bp.record(lambda state: _prefixes(t.cast(Flask, state.app)).add(state.url_prefix or ""))
+    bp.register_error_handler(SSEError, _error_response)
+    bp.before_app_request(_json_routing_errors)
 
     @bp.get("/connect")
     def connect() -> Response:
         if broker.closing:
-            raise RequestError(503, "the server is shutting down", {"Retry-After": "5"})
-        topics = _query_topics()
-        last_event_id = request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or None
-        client_id = _client_id_for(request.args.get("token")) or new_client_id()
-        _authorize(topics)
-        try:
-            conn = broker.open_stream(
-                client_id,
-                topics=topics,
-                last_event_id=last_event_id,
-                metadata={"remote_addr": request.remote_addr},
-                token=make_token(client_id),
-            )
-        except BrokerUnavailable as e:
-            raise RequestError(503, e.reason, {"Retry-After": str(e.retry_after)}) from None
-        except BackendError:
-            raise
-        except (SSEError, ValueError, TypeError) as e:
-            raise RequestError(400, str(e)) from None
-        conn._peer = _limit_write_stall(broker.config.write_timeout)
+            raise BrokerUnavailable("the server is shutting down", retry_after=5)
+        topics = _requests.query_topics(broker)
+        cursor = _requests.last_event_id()
+        client_id = _requests.client_id_for(broker, request.args.get("token")) or new_client_id()
+        _requests.authorize(broker, topics)
+        conn = broker.open_stream(
+            client_id,
+            topics=topics,
+            last_event_id=cursor,
+            metadata={"remote_addr": request.remote_addr},
+            token=make_token(client_id),
+        )
+        conn._peer = _requests.stream_socket()
+        limit_write_stall(conn._peer, broker.config.write_timeout)
         return Response(
             conn,
             status=200,
@@ -102,27 +85,14 @@ def create_blueprint(
         )
 
     def change_topics(subscribe: bool) -> Response:
-        token, topics = _topics_body()
-        try:
-            topic_set = broker.validate_topics(topics)
-        except (SSEError, ValueError, TypeError) as e:
-            raise RequestError(400, str(e)) from None
-        client_id = t.cast(str, _client_id_for(token))
-        _authorize(topic_set)
+        token, topics = _requests.topics_body()
+        topic_set = broker.validate_topics(topics)
+        client_id = t.cast(str, _requests.client_id_for(broker, token))
+        _requests.authorize(broker, topic_set)
         if not broker.is_connected(client_id):
-            raise RequestError(404, "the client is not connected")
-        try:
-            if subscribe:
-                now = broker.subscribe(client_id, *topic_set)
-            else:
-                now = broker.unsubscribe(client_id, *topic_set)
-        except ClientNotFound:
-            raise RequestError(404, "the client is not connected") from None
-        except BackendError:
-            raise
-        except (SSEError, ValueError) as e:
-            raise RequestError(400, str(e)) from None
-        return jsonify(topics=sorted(now))
+            raise ClientNotFound(client_id)
+        change = broker.subscribe if subscribe else broker.unsubscribe
+        return jsonify(topics=sorted(change(client_id, topic_set)))
 
     @bp.post("/subscribe")
     def subscribe() -> Response:
@@ -148,89 +118,37 @@ def create_blueprint(
     def client_dts() -> Response:
         return _static("client.d.ts", "application/typescript")
 
-    def _client_id_for(token: str | None) -> str | None:
-        """The client id a request acts as: the token's (which ``identify``
-        must agree with), else the identified user's, else ``None``."""
-        identified = _identify()
-        if token is None:
-            return identified
-        client_id = load_token(token)
-        if client_id is None:
-            raise RequestError(403, "invalid token")
-        if identified is not None and identified != client_id:
-            raise RequestError(403, "the token belongs to another client")
-        return client_id
-
-    def _identify() -> str | None:
-        identify = broker.config.identify
-        if identify is None:
-            return None
-        client_id = identify()
-        return None if client_id is None else str(client_id)
-
-    def _authorize(topics: t.Iterable[str]) -> None:
-        authorize = broker.config.authorize
-        if authorize is None:
-            return
-        for topic in topics:
-            if not authorize(topic):
-                raise RequestError(403, f"not authorised for topic {topic[:80]!r}")
-
-    def _query_topics() -> frozenset[str]:
-        names = [name.strip() for value in request.args.getlist("topics") for name in value.split(",")]
-        try:
-            return broker.validate_topics(name for name in names if name)
-        except (SSEError, ValueError) as e:
-            raise RequestError(400, str(e)) from None
-
     from . import cli
 
     cli.register(bp, broker)
     return bp
 
 
-def _topics_body() -> tuple[str, list[t.Any]]:
-    """Parse ``{"token": ..., "topics": [...]}``: 415, 413 or 400 on failure."""
-    if request.mimetype != "application/json":
-        raise RequestError(415, "the body must be application/json")
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise RequestError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-    raw = request.stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise RequestError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise RequestError(400, "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise RequestError(400, 'the body must be a JSON object {"token": ..., "topics": [...]}')
-    token = body.get("token")
-    topics = body.get("topics")
-    if not isinstance(token, str):
-        raise RequestError(400, '"token" must be a string')
-    if not isinstance(topics, list):
-        raise RequestError(400, '"topics" must be a list of strings')
-    return token, topics
+def _prefixes(app: Flask) -> set[str]:
+    """The URL prefixes the blueprints of this module are registered at on ``app``."""
+    return app.extensions.setdefault("sse_prefixes", set())  # type: ignore[no-any-return]
 
 
-def _limit_write_stall(timeout: float | None) -> t.Any:
-    """Return the stream's socket, bounding how long the kernel keeps it
-    alive while written data goes unacknowledged.
+def _json_routing_errors() -> Response | None:
+    """Answer a 404 or 405 under an SSE prefix as the routes answer errors.
 
-    Under WSGI a stream only learns its peer is gone when a write fails, and a
-    write to a peer that stopped reading (or vanished without a FIN) blocks
-    until TCP gives up, which by default takes many minutes or never happens.
-    ``TCP_USER_TIMEOUT`` (Linux) makes it fail after ``timeout``, zero-window
-    probes included. Werkzeug and gunicorn expose the socket in the environ;
-    ``None`` when the server does not.
+    Routing fails before any blueprint is chosen, so a blueprint's error
+    handler never sees it; an app-wide error handler would replace the app's
+    own. Before-request functions run before the routing error is raised, and
+    this one acts only on paths under a prefix of ours.
     """
-    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    if sock is not None and timeout and option is not None:
-        # Not a TCP socket (a unix socket, a test client): nothing to bound.
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, option, int(timeout * 1000))
-    return sock
+    error = request.routing_exception
+    if not isinstance(error, HTTPException) or error.code not in (404, 405):
+        return None
+    path = request.path
+    ours = (prefix for prefix in _prefixes(current_app) if prefix)
+    if not any(path == prefix or path.startswith(prefix + "/") for prefix in ours):
+        return None
+    message = "not found" if error.code == 404 else f"method {request.method} not allowed"
+    resp = _error_response(RequestError(error.code, message))
+    if error.code == 405:
+        resp.headers["Allow"] = ", ".join(getattr(error, "valid_methods", None) or ())
+    return resp
 
 
 def _static(filename: str, mimetype: str) -> Response:
@@ -253,14 +171,23 @@ def _on_register(app: Flask, broker: SSEBroker) -> None:
 def setup_sse(app: Flask, broker: SSEBroker | None = None, prefix: str = "/_sse") -> SSEBroker:
     """Serve ``broker`` (the module's default one when ``None``) under
     ``prefix`` on ``app``; return the broker."""
-    from . import broker as default_broker
-
-    broker = broker if broker is not None else default_broker
+    broker = broker if broker is not None else _default_broker()
     name = "sse" if prefix == "/_sse" else "sse" + prefix.replace("/", "_").rstrip("_")
     app.register_blueprint(create_blueprint(broker, name=name, url_prefix=prefix))
+    return broker
+
+
+def _default_broker() -> SSEBroker:
     return broker
 
 
 def current_broker() -> SSEBroker:
     """The broker registered on the current app."""
     return current_app.extensions["sse"]  # type: ignore[no-any-return]
+
+
+#: The module's default broker, served by :data:`sse_bp`.
+broker = SSEBroker()
+#: A ready blueprint for :data:`broker` at ``/_sse``:
+#: ``app.register_blueprint(sse_bp)``.
+sse_bp = create_blueprint(broker)

@@ -7,7 +7,7 @@ import typing as t
 from dataclasses import dataclass
 
 if t.TYPE_CHECKING:
-    from ._broker import SSEClient
+    from ._connection import SSEClient
 
 _OVERFLOW_POLICIES = ("disconnect", "drop_oldest")
 

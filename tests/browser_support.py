@@ -62,7 +62,7 @@ def page(browser: t.Any) -> t.Iterator[t.Any]:
 
 
 def open_page(page: t.Any, url: str) -> t.Any:
-    """Load the test page of :mod:`tests.browserapp` and wait for its module."""
+    """Load the test page of :mod:`tests.apps.browserapp` and wait for its module."""
     page.goto(url)
     page.wait_for_function("() => window.ready === true")
     return page

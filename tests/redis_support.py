@@ -11,15 +11,12 @@ import secrets
 import shutil
 import signal
 import subprocess
-import threading
 import typing as t
 
 import pytest
 import redis
 
-from flask_sse_broker import SSEBroker, SSEConfig
-from flask_sse_broker._broker import SSEConnection
-from flask_sse_broker._decoder import EventDecoder, LineDecoder
+from flask_sse_broker import SSEBroker, SSEConfig, SSEConnection
 
 from .support import ROOT, QueuedEvents, free_port, wait_for
 
@@ -116,19 +113,7 @@ class ConnectionReader(QueuedEvents):
     def __init__(self, conn: SSEConnection) -> None:
         super().__init__()
         self.conn = conn
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        lines, decoder = LineDecoder(), EventDecoder()
-        try:
-            for chunk in self.conn:
-                for line in lines.feed(chunk):
-                    event = decoder.decode(line)
-                    if event is not None and event.event != "heartbeat" and (event.event or event.data):
-                        self.events.put(event)
-        finally:
-            self.ended.set()
-            self.events.put(None)
+        self._start(conn)
 
     def close(self) -> None:
         self.conn.close()

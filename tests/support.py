@@ -23,11 +23,11 @@ import typing as t
 import urllib.parse
 from pathlib import Path
 
-from flask_sse_broker._decoder import EventDecoder, LineDecoder, ServerSentEvent
+from flask_sse_broker._decoder import ServerSentEvent, iter_events
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_KINDS = ("werkzeug", "gthread", "gevent")
-DEFAULT_APP = "tests.serverapp:create_app()"
+DEFAULT_APP = "tests.apps.serverapp:create_app()"
 
 
 def free_port() -> int:
@@ -55,7 +55,7 @@ class Server:
 
     :param kind: ``"werkzeug"``, ``"gthread"`` or ``"gevent"``.
     :param app: ``"module:factory()"`` as gunicorn takes it.
-    :param config: ``SSE_*`` Flask config keys for :mod:`tests.serverapp`.
+    :param config: ``SSE_*`` Flask config keys for :mod:`tests.apps.serverapp`.
     """
 
     def __init__(
@@ -89,7 +89,7 @@ class Server:
 
     def command(self) -> list[str]:
         if self.kind == "werkzeug":
-            return [sys.executable, "-m", "tests.run_werkzeug", self.app, str(self.port)]
+            return [sys.executable, "-m", "tests.apps.run_werkzeug", self.app, str(self.port)]
         cmd = [
             sys.executable,
             "-m",
@@ -162,7 +162,7 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # conveniences for tests.serverapp
+    # conveniences for tests.apps.serverapp
     def post(self, path: str, body: t.Any) -> t.Any:
         status, data = http_request("POST", self.url(path), body)
         assert status == 200, (status, data)
@@ -208,13 +208,46 @@ def http_request(
 
 
 class QueuedEvents:
-    """Events that a background reader decodes into a queue, for a test to
-    await with a timeout. ``None`` in the queue marks the end of the stream."""
+    """THE test reader: decodes a stream of chunks with
+    :func:`flask_sse_broker._decoder.iter_events` in a background thread, into
+    a queue a test awaits with a timeout. ``None`` in the queue marks the end
+    of the stream. Heartbeats are counted and kept out of the queue unless
+    ``keep_heartbeats``; ``retry`` remembers the last ``retry:`` hint.
 
-    def __init__(self) -> None:
+    :class:`EventReader` reads an HTTP response with it,
+    ``redis_support.ConnectionReader`` an in-process connection.
+    """
+
+    def __init__(self, keep_heartbeats: bool = False) -> None:
         self.events: queue.Queue[ServerSentEvent | None] = queue.Queue()
         self.ended = threading.Event()
         self.error: BaseException | None = None
+        self.keep_heartbeats = keep_heartbeats
+        self.heartbeats = 0
+        self.last_event_id = ""
+        self.retry: int | None = None
+
+    def _start(self, chunks: t.Iterable[bytes], errors: tuple[type[BaseException], ...] = ()) -> None:
+        threading.Thread(target=self._read, args=(chunks, errors), daemon=True).start()
+
+    def _read(self, chunks: t.Iterable[bytes], errors: tuple[type[BaseException], ...]) -> None:
+        try:
+            for event in iter_events(chunks):
+                if event.retry is not None:
+                    self.retry = event.retry
+                if not event.event:
+                    continue  # a retry-only frame; browsers dispatch nothing
+                if event.event == "heartbeat":
+                    self.heartbeats += 1
+                    if not self.keep_heartbeats:
+                        continue
+                self.last_event_id = event.id
+                self.events.put(event)
+        except errors as e:
+            self.error = e
+        finally:
+            self.ended.set()
+            self.events.put(None)
 
     def next(self, timeout: float = 10.0) -> ServerSentEvent:
         try:
@@ -254,11 +287,7 @@ class QueuedEvents:
 
 
 class EventReader(QueuedEvents):
-    """Reads one event stream over a real socket, in a background thread.
-
-    Events land in a queue so a test can await them with a timeout. Heartbeats
-    are counted and kept out of the queue unless ``keep_heartbeats``.
-    """
+    """Reads one event stream over a real socket, in a background thread."""
 
     def __init__(
         self,
@@ -272,48 +301,19 @@ class EventReader(QueuedEvents):
         path = parts.path + ("?" + parts.query if parts.query else "")
         self.conn.request("GET", path, headers=headers or {})
         self.response = self.conn.getresponse()
-        super().__init__()
+        super().__init__(keep_heartbeats)
         self.status = self.response.status
         self.headers = self.response.headers
-        self.heartbeats = 0
-        self.keep_heartbeats = keep_heartbeats
         self.body = b""
-        self.last_event_id = ""
-        self.retry: int | None = None
         if self.status == 200:
-            self._thread = threading.Thread(target=self._run, daemon=True)
-            self._thread.start()
+            response = self.response
+            self._start(
+                iter(lambda: response.read1(65536), b""),
+                (OSError, ValueError, AttributeError, http.client.HTTPException),
+            )
         else:
             self.body = self.response.read()
             self.ended.set()
-
-    def _run(self) -> None:
-        lines = LineDecoder()
-        decoder = EventDecoder()
-        try:
-            while True:
-                chunk = self.response.read1(65536)
-                if not chunk:
-                    break
-                for line in lines.feed(chunk):
-                    event = decoder.decode(line)
-                    if event is None:
-                        continue
-                    if event.retry is not None:
-                        self.retry = event.retry
-                    if not event.event:
-                        continue  # a retry-only frame; browsers dispatch nothing
-                    if event.event == "heartbeat":
-                        self.heartbeats += 1
-                        if not self.keep_heartbeats:
-                            continue
-                    self.last_event_id = event.id
-                    self.events.put(event)
-        except (OSError, ValueError, AttributeError, http.client.HTTPException) as e:
-            self.error = e
-        finally:
-            self.ended.set()
-            self.events.put(None)
 
     def close(self) -> None:
         """Close the socket abruptly, as a vanished browser would."""

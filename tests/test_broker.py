@@ -24,6 +24,7 @@ from flask_sse_broker import (
     SSEConnection,
     SSEEvent,
     SSEHelper,
+    TooManyConnections,
     TooManyTopics,
     client_connected,
     client_disconnected,
@@ -32,16 +33,24 @@ from flask_sse_broker import (
 )
 from flask_sse_broker._decoder import ServerSentEvent, iter_events
 
+from .support import wait_for
 
-def read(conn: SSEConnection) -> list[ServerSentEvent]:
+
+def read(broker: SSEBroker, conn: SSEConnection) -> list[ServerSentEvent]:
     """Everything the connection would write now, without blocking."""
     chunks = []
-    while conn._head or conn._queue or (conn.closed and not conn._finished):
+    while _has_more(broker, conn):
         try:
             chunks.append(next(conn))
         except StopIteration:
             break
     return [e for e in iter_events(chunks) if e.event]
+
+
+def _has_more(broker: SSEBroker, conn: SSEConnection) -> bool:
+    """Whether ``next(conn)`` would return (or end the stream) without waiting."""
+    stream = broker._debug_state(conn)["stream"]
+    return bool(stream["head"] or stream["queued"] or (stream["closed"] and not stream["finished"]))
 
 
 def payloads(events: list[ServerSentEvent], name: str = "message") -> list[t.Any]:
@@ -57,7 +66,7 @@ def broker() -> t.Iterator[SSEBroker]:
 
 def test_first_frames_are_retry_then_connected(broker: SSEBroker) -> None:
     conn = broker.open_stream("c1", topics=["a"], token="tok")
-    first = read(conn)[0]
+    first = read(broker, conn)[0]
     assert first.event == "connected"
     assert first.retry == broker.config.retry
     assert json.loads(first.data) == {
@@ -72,11 +81,11 @@ def test_first_frames_are_retry_then_connected(broker: SSEBroker) -> None:
 def test_topic_events_reach_only_subscribers(broker: SSEBroker) -> None:
     a = broker.open_stream(topics=["a"])
     b = broker.open_stream(topics=["b"])
-    read(a), read(b)
+    read(broker, a), read(broker, b)
     assert broker.broadcast_to_topic("a", 1) == 1
     assert broker.broadcast(2) == 2
-    assert payloads(read(a)) == [1, 2]
-    assert payloads(read(b)) == [2]
+    assert payloads(read(broker, a)) == [1, 2]
+    assert payloads(read(broker, b)) == [2]
 
 
 def test_send_reaches_every_connection_of_one_client(broker: SSEBroker) -> None:
@@ -84,11 +93,11 @@ def test_send_reaches_every_connection_of_one_client(broker: SSEBroker) -> None:
     tab2 = broker.open_stream("user-1")
     other = broker.open_stream("user-2")
     for c in (tab1, tab2, other):
-        read(c)
+        read(broker, c)
     assert broker.send("user-1", {"hi": 1}, event="dm") == 2
-    assert payloads(read(tab1), "dm") == [{"hi": 1}]
-    assert payloads(read(tab2), "dm") == [{"hi": 1}]
-    assert read(other) == []
+    assert payloads(read(broker, tab1), "dm") == [{"hi": 1}]
+    assert payloads(read(broker, tab2), "dm") == [{"hi": 1}]
+    assert read(broker, other) == []
     assert broker.client_count() == 2
     assert len(broker.get_client("user-1").connections) == 2  # type: ignore[union-attr]
 
@@ -96,7 +105,7 @@ def test_send_reaches_every_connection_of_one_client(broker: SSEBroker) -> None:
 def test_events_keep_publish_order_per_publisher_across_threads(broker: SSEBroker) -> None:
     broker.config.event_buffer_size = 5000
     conn = broker.open_stream(topics=["t"])
-    read(conn)
+    read(broker, conn)
 
     def publisher(p: int) -> None:
         for n in range(250):
@@ -107,7 +116,7 @@ def test_events_keep_publish_order_per_publisher_across_threads(broker: SSEBroke
         th.start()
     for th in threads:
         th.join()
-    events = read(conn)
+    events = read(broker, conn)
     got = payloads(events)
     assert len(got) == 1000
     for p in range(4):
@@ -119,7 +128,7 @@ def test_events_keep_publish_order_per_publisher_across_threads(broker: SSEBroke
 def test_reconnect_with_last_id_replays_exactly_what_was_missed(broker: SSEBroker) -> None:
     conn = broker.open_stream("c", topics=["t"])
     broker.broadcast_to_topic("t", "before")
-    last = read(conn)[-1].id
+    last = read(broker, conn)[-1].id
     conn.close()
     for i in range(50):
         broker.broadcast_to_topic("t", i)
@@ -128,7 +137,7 @@ def test_reconnect_with_last_id_replays_exactly_what_was_missed(broker: SSEBroke
     broker.send("someone-else", "not mine")
     broker.broadcast("everyone")
     again = broker.open_stream("c", topics=["t"], last_event_id=last)
-    events = read(again)
+    events = read(broker, again)
     assert events[0].event == "connected"
     assert payloads(events) == [*range(50), "direct", "everyone"]
 
@@ -136,30 +145,30 @@ def test_reconnect_with_last_id_replays_exactly_what_was_missed(broker: SSEBroke
 def test_replay_and_live_events_neither_overlap_nor_gap(broker: SSEBroker) -> None:
     conn = broker.open_stream(topics=["t"])
     broker.broadcast_to_topic("t", 0)
-    cursor = read(conn)[-1].id
+    cursor = read(broker, conn)[-1].id
     conn.close()
     broker.broadcast_to_topic("t", 1)
     again = broker.open_stream(topics=["t"], last_event_id=cursor)
     broker.broadcast_to_topic("t", 2)
-    assert payloads(read(again)) == [1, 2]
+    assert payloads(read(broker, again)) == [1, 2]
 
 
 def test_cursor_older_than_history_gets_reset_first() -> None:
     broker = SSEBroker(SSEConfig(heartbeat_interval=0, history_size=10, handle_sigterm=False))
     conn = broker.open_stream(topics=["t"])
     broker.broadcast_to_topic("t", 0)
-    cursor = read(conn)[-1].id
+    cursor = read(broker, conn)[-1].id
     conn.close()
     for i in range(20):
         broker.broadcast_to_topic("t", i)
-    events = read(broker.open_stream(topics=["t"], last_event_id=cursor))
+    events = read(broker, broker.open_stream(topics=["t"], last_event_id=cursor))
     assert [e.event for e in events] == ["connected", "reset"]
     assert json.loads(events[0].data)["lastEventId"] == broker.last_event_id()
 
 
 def test_cursor_from_a_previous_server_life_gets_reset_and_this_life(broker: SSEBroker) -> None:
     broker.broadcast_to_topic("t", "after restart")
-    events = read(broker.open_stream(topics=["t"], last_event_id="123-45"))
+    events = read(broker, broker.open_stream(topics=["t"], last_event_id="123-45"))
     assert [e.event for e in events] == ["connected", "reset", "message"]
     assert payloads(events) == ["after restart"]
 
@@ -167,11 +176,11 @@ def test_cursor_from_a_previous_server_life_gets_reset_and_this_life(broker: SSE
 def test_connected_carries_the_cursor_so_a_quiet_client_misses_nothing(broker: SSEBroker) -> None:
     broker.broadcast(0)
     conn = broker.open_stream(topics=["t"])
-    (hello,) = read(conn)
+    (hello,) = read(broker, conn)
     assert hello.id == broker.last_event_id()
     conn.close()
     broker.broadcast_to_topic("t", "while away")
-    assert payloads(read(broker.open_stream(topics=["t"], last_event_id=hello.id))) == ["while away"]
+    assert payloads(read(broker, broker.open_stream(topics=["t"], last_event_id=hello.id))) == ["while away"]
 
 
 @pytest.mark.parametrize("bad", ["abc", "1-2-3", "x" * 300, "1\n2", "-1-1"])
@@ -193,11 +202,11 @@ def test_slow_connection_is_disconnected_at_its_bound_and_counted() -> None:
     try:
         slow = broker.open_stream("slow", topics=["t"])
         fast = broker.open_stream("fast", topics=["t"])
-        read(fast)
+        read(broker, fast)
         for i in range(25):
             broker.broadcast_to_topic("t", i)
-            assert len(slow._queue) <= 10
-            assert payloads(read(fast)) == [i]
+            assert broker._debug_state(slow)["stream"]["queued"] <= 10
+            assert payloads(read(broker, fast)) == [i]
     finally:
         event_dropped.disconnect(on_dropped)
     assert slow.closed
@@ -211,38 +220,46 @@ def test_drop_oldest_keeps_the_newest_events() -> None:
         SSEConfig(heartbeat_interval=0, event_buffer_size=5, overflow="drop_oldest", handle_sigterm=False)
     )
     conn = broker.open_stream(topics=["t"])
-    read(conn)
+    read(broker, conn)
     for i in range(12):
         broker.broadcast_to_topic("t", i)
-    assert payloads(read(conn)) == [7, 8, 9, 10, 11]
+    assert payloads(read(broker, conn)) == [7, 8, 9, 10, 11]
     assert conn.dropped == 7
     assert broker.stats()["dropped"] == 7
 
 
-def test_subscriptions_outlive_a_reconnect_but_not_the_session_ttl(broker: SSEBroker) -> None:
+def test_subscriptions_outlive_a_reconnect(broker: SSEBroker) -> None:
     conn = broker.open_stream("c")
     broker.subscribe("c", "server-side")
     conn.close()
     assert broker.clients_by_topic("server-side") == []
     again = broker.open_stream("c")
-    assert json.loads(read(again)[0].data)["topics"] == ["server-side"]
-    again.close()
-    broker._sessions["c"] = (broker._sessions["c"][0], 0.0)  # expire it
-    broker._beat()
-    assert broker._sessions == {}
-    with pytest.raises(ClientNotFound):
-        broker.subscribe("c", "x")
+    assert json.loads(read(broker, again)[0].data)["topics"] == ["server-side"]
+
+
+def test_a_remembered_session_expires_after_the_session_ttl() -> None:
+    broker = SSEBroker(SSEConfig(heartbeat_interval=0.05, session_ttl=0.2, handle_sigterm=False))
+    try:
+        conn = broker.open_stream("c")
+        broker.subscribe("c", "server-side")
+        conn.close()
+        assert broker._debug_state()["sessions"] == {"c": ["server-side"]}
+        wait_for(lambda: broker._debug_state()["sessions"] == {}, what="the session to expire")
+        with pytest.raises(ClientNotFound):
+            broker.subscribe("c", "x")
+    finally:
+        broker.shutdown(timeout=0)
 
 
 def test_subscribe_and_unsubscribe_change_delivery(broker: SSEBroker) -> None:
     conn = broker.open_stream("c")
-    read(conn)
+    read(broker, conn)
     assert broker.subscribe("c", "a", "b") == {"a", "b"}
     broker.broadcast_to_topic("a", 1)
     assert broker.unsubscribe("c", "a") == {"b"}
     broker.broadcast_to_topic("a", 2)
     broker.broadcast_to_topic("b", 3)
-    assert payloads(read(conn)) == [1, 3]
+    assert payloads(read(broker, conn)) == [1, 3]
     assert broker.clients_by_topic("b") == ["c"]
     assert broker.clients_by_topic("a") == []
 
@@ -293,7 +310,7 @@ def test_max_connections_gives_unavailable(broker: SSEBroker) -> None:
     broker.open_stream()
     with pytest.raises(BrokerUnavailable):
         broker.open_stream()
-    with pytest.raises(ValueError, match="too many connections"):
+    with pytest.raises(TooManyConnections, match="too many connections"):
         broker.connect()
     assert broker.stats()["connections"] == 2
 
@@ -349,24 +366,14 @@ def test_disconnect_closes_every_connection_of_a_client(broker: SSEBroker) -> No
     assert broker.disconnect("u") == 2
     assert one.closed and two.closed
     assert broker.client_count() == 0
-    read(one)
+    read(broker, one)
     with pytest.raises(StopIteration):
         next(one)
 
 
-def test_heartbeat_is_queued_only_on_idle_connections(broker: SSEBroker) -> None:
-    idle = broker.open_stream("idle")
-    busy = broker.open_stream("busy")
-    read(idle), read(busy)
-    broker.send("busy", 1)
-    broker._beat()
-    assert [e.event for e in read(idle)] == ["heartbeat"]
-    assert [e.event for e in read(busy)] == ["message"]
-
-
 def test_shutdown_ends_every_stream_with_a_retry_hint(broker: SSEBroker) -> None:
     conn = broker.open_stream(topics=["t"])
-    read(conn)
+    read(broker, conn)
     broker.shutdown(timeout=0)
     chunks = list(conn)
     assert chunks and chunks[-1].startswith(b"retry: ")
@@ -376,9 +383,9 @@ def test_shutdown_ends_every_stream_with_a_retry_hint(broker: SSEBroker) -> None
 
 def test_sent_event_fields_are_honoured(broker: SSEBroker) -> None:
     conn = broker.open_stream()
-    read(conn)
+    read(broker, conn)
     broker.broadcast(SSEEvent("hi", event="greeting", retry=1234))
-    (event,) = read(conn)
+    (event,) = read(broker, conn)
     assert (event.event, event.data, event.retry) == ("greeting", '"hi"', 1234)
     with pytest.raises(TypeError):
         broker.broadcast(SSEEvent(1), event="x")
@@ -398,11 +405,11 @@ def test_helper_patterns_for_client_all_and_topic(
 ) -> None:
     helper = SSEHelper(broker)
     conn = broker.open_stream("c", topics=["t"])
-    read(conn)
+    read(broker, conn)
     getattr(helper, method)("c", *args)
     getattr(helper, method + "_all")(*args)
     getattr(helper, method + "_topic")("t", *args)
-    assert payloads(read(conn), name) == [data, data, data]
+    assert payloads(read(broker, conn), name) == [data, data, data]
 
 
 def test_an_event_both_replayed_and_delivered_live_arrives_once() -> None:
@@ -424,11 +431,13 @@ def test_an_event_both_replayed_and_delivered_live_arrives_once() -> None:
     broker.broadcast("missed")
     conn = broker.open_stream(last_event_id=cursor)
     broker.broadcast("after")
-    assert payloads(read(conn)) == ["missed", "overlap", "after"]
+    assert payloads(read(broker, conn)) == ["missed", "overlap", "after"]
 
 
 def test_a_page_rendered_before_the_first_event_misses_nothing(broker: SSEBroker) -> None:
     rendered = broker.last_event_id()
     assert rendered is not None
     broker.broadcast("between render and connect")
-    assert payloads(read(broker.open_stream(last_event_id=rendered))) == ["between render and connect"]
+    assert payloads(read(broker, broker.open_stream(last_event_id=rendered))) == [
+        "between render and connect"
+    ]

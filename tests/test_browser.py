@@ -13,7 +13,7 @@ import pytest
 from .browser_support import open_page, wait_js
 from .support import ROOT, Server, http_request, wait_for
 
-APP = "tests.browserapp:create_app()"
+APP = "tests.apps.browserapp:create_app()"
 CONFIG = {
     "SSE_HEARTBEAT_INTERVAL": 0.5,
     "SSE_HISTORY_SIZE": 2000,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from flask_sse_broker import SSEEvent
 from flask_sse_broker._decoder import ServerSentEvent, iter_events
-from flask_sse_broker.event import HEARTBEAT, parse_event_id
+from flask_sse_broker._wire import HEARTBEAT, parse_event_id
 
 
 def decode(stream: bytes) -> list[ServerSentEvent]:

@@ -8,7 +8,7 @@ import typing as t
 import pytest
 from flask import Flask
 
-from flask_sse_broker import SSEBroker, SSEConfig, create_blueprint, setup_sse
+from flask_sse_broker import SSEBroker, SSEConfig, TooManyConnections, create_blueprint, setup_sse
 from flask_sse_broker.blueprint import current_broker
 
 
@@ -88,7 +88,7 @@ def test_registering_on_another_app_reconfigures_a_running_broker(app: Flask) ->
     second.config.update(SSE_MAX_CONNECTIONS=1, SSE_HEARTBEAT_INTERVAL=0.05)
     second.register_blueprint(create_blueprint(broker))
     assert broker.config.max_connections == 1
-    with pytest.raises(ValueError, match="too many connections"):
+    with pytest.raises(TooManyConnections, match="too many connections"):
         broker.open_stream()
     # Heartbeats turned on while running start the heartbeat thread.
     assert b"event: heartbeat" in next(conn) + next(conn)
@@ -102,3 +102,16 @@ def test_registering_on_another_app_reconfigures_a_running_broker(app: Flask) ->
     fourth.register_blueprint(create_blueprint(broker))
     assert broker.config.history_size == 5
     broker.shutdown(timeout=0)
+
+
+def test_routing_errors_outside_the_prefix_keep_the_apps_own_handler(app: Flask) -> None:
+    @app.errorhandler(404)
+    def mine(error: t.Any) -> tuple[str, int]:
+        return "the app's own page", 404
+
+    setup_sse(app, SSEBroker(SSEConfig(handle_sigterm=False)), "/events")
+    client = app.test_client()
+    assert client.get("/elsewhere").get_data(as_text=True) == "the app's own page"
+    assert client.get("/events-not-ours").get_data(as_text=True) == "the app's own page"
+    answer = client.get("/events/elsewhere")
+    assert (answer.status_code, answer.get_json()) == (404, {"error": "not found", "status": 404})

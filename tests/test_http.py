@@ -16,7 +16,7 @@ import typing as t
 
 import pytest
 
-from .conftest import SHARED_CONFIG
+from .plugins.servers import SHARED_CONFIG
 from .support import EventReader, Server, connect_url, http_request, wait_for
 
 # -- the stream ---------------------------------------------------------------
@@ -423,6 +423,26 @@ def test_subscribe_for_a_client_that_is_gone_is_404(server: Server) -> None:
     assert json.loads(body)["error"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("POST", "/_sse/connect", 405),
+        ("GET", "/_sse/subscribe", 405),
+        ("DELETE", "/_sse/unsubscribe", 405),
+        ("GET", "/_sse/no-such-route", 404),
+    ],
+)
+def test_routing_errors_under_the_prefix_are_json_errors(
+    server: Server, method: str, path: str, status: int
+) -> None:
+    got, headers, body = _request_with_headers(method, server.url(path))
+    assert got == status
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {"error": json.loads(body)["error"], "status": status}
+    if status == 405:
+        assert method not in headers["Allow"]
+
+
 def test_stats_when_enabled(server: Server) -> None:
     status, body = http_request("GET", server.url("/_sse/stats"))
     assert status == 200
@@ -444,13 +464,17 @@ def test_over_max_connections_is_503_with_retry_after(make_server: t.Any, kind: 
 
 
 def _get_with_headers(url: str) -> tuple[int, t.Any, bytes]:
+    return _request_with_headers("GET", url)
+
+
+def _request_with_headers(method: str, url: str) -> tuple[int, t.Any, bytes]:
     import http.client
     import urllib.parse
 
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     try:
-        conn.request("GET", parts.path)
+        conn.request(method, parts.path)
         resp = conn.getresponse()
         return resp.status, resp.headers, resp.read()
     finally:
@@ -518,7 +542,7 @@ def test_sigterm_ends_every_stream_promptly(make_server: t.Any, kind: str, args:
 def test_1000_concurrent_streams_in_one_gevent_worker(make_server: t.Any) -> None:
     import asyncio
 
-    from flask_sse_broker._decoder import EventDecoder, LineDecoder
+    from flask_sse_broker._decoder import iter_events
 
     srv = make_server("gevent", config={"SSE_HEARTBEAT_INTERVAL": 5})
     count = 1000
@@ -528,15 +552,13 @@ def test_1000_concurrent_streams_in_one_gevent_worker(make_server: t.Any) -> Non
         writer.write(b"GET /_sse/connect?topics=crowd HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
         await reader.readuntil(b"\r\n\r\n")
-        lines, events = LineDecoder(), EventDecoder()
         try:
             while True:
                 size = int((await reader.readline()).strip(), 16)
                 chunk = await reader.readexactly(size + 2)
-                for line in lines.feed(chunk[:-2]):
-                    event = events.decode(line)
-                    if event is None:
-                        continue
+                # The broker writes whole frames per chunk, so each chunk
+                # decodes on its own.
+                for event in iter_events([chunk[:-2]]):
                     if event.event == "connected":
                         connected.put_nowait(None)
                     elif event.event == "message":

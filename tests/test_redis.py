@@ -22,8 +22,8 @@ import pytest
 import redis
 
 from flask_sse_broker import BackendError, BrokerUnavailable, ClientNotFound, SSEBroker, SSEConfig
+from flask_sse_broker._wire import parse_event_id
 from flask_sse_broker.backends.base import Replay
-from flask_sse_broker.event import parse_event_id
 
 from .redis_support import (
     SHARED_URL,
@@ -31,7 +31,6 @@ from .redis_support import (
     ConnectionReader,
     RedisServer,
     connections_named,
-    delete_prefix,
     new_prefix,
     requires_redis,
     requires_redis_server,
@@ -39,27 +38,6 @@ from .redis_support import (
 from .support import ROOT, EventReader, Server, connect_url, free_port, http_request, wait_for
 
 pytestmark = requires_redis
-
-
-@pytest.fixture
-def prefix() -> t.Iterator[str]:
-    value = new_prefix()
-    yield value
-    delete_prefix(SHARED_URL, value)
-
-
-@pytest.fixture
-def cluster(prefix: str) -> t.Iterator[Cluster]:
-    c = Cluster(SHARED_URL, prefix)
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def private_redis() -> t.Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.stop()
 
 
 def redis_config(prefix: str, url: str = SHARED_URL, **extra: t.Any) -> dict[str, t.Any]:
@@ -83,7 +61,7 @@ def test_publishing_from_a_process_that_serves_nothing_reaches_other_processes(c
     event = reader.next()
     assert event.json() == {"n": 1}
     assert event.id == script.last_event_id() == server.last_event_id()
-    assert script.backend._listener is None  # type: ignore[attr-defined]
+    assert not script._debug_state()["started"]  # so no listener either
 
 
 def test_ids_are_shared_and_follow_delivery_order_across_publishers(cluster: Cluster) -> None:
@@ -281,7 +259,7 @@ def test_opening_a_stream_while_redis_is_unreachable_is_refused_as_unavailable()
     try:
         with pytest.raises(BrokerUnavailable, match="Redis"):
             broker.open_stream("alice", topics=["t"])
-        assert broker.client_count() == 0 and not broker._connections  # nothing left behind
+        assert broker.client_count() == 0 and broker._debug_state()["connections"] == 0  # nothing left behind
     finally:
         broker.backend.close()
 

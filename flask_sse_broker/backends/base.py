@@ -1,56 +1,70 @@
-"""The seam between the broker and what carries its events.
+"""The backend contract: what carries events between publishers and streams.
 
-Data flows one way: ``publish -> backend -> broker -> connection queue ->
-stream -> socket``. A backend assigns each event its id, keeps the replay
-history, and hands every event to :meth:`SSEBroker._deliver` (or, in process,
-``_deliver_locked``) in id order, in every process that may hold a recipient.
-The broker owns the connections and the one lock; a backend never touches a
-connection itself.
+Data flows one way: ``publish -> backend -> hub -> connection queue -> stream
+-> socket``. A backend is handed the process's hub (``Hub`` of ``_hub.py``)
+by :meth:`Backend.bind` and never sees the broker. The hub owns the
+connections, the registries and the one lock; a backend never touches a
+connection itself. What a backend may use of the hub:
+
+- fan-out: ``hub.deliver(envelope)`` (takes the lock), or
+  ``hub.deliver_locked(envelope)`` inside ``with hub.lock:`` followed by
+  ``hub.run_after_lock()`` once the lock is released;
+- client state of this process: ``hub.subscribe`` / ``hub.unsubscribe``
+  (raise :exc:`ClientNotFound` for a client neither live nor remembered here),
+  ``hub.disconnect`` / ``hub.disconnect_all``, ``hub.topics_of``,
+  ``hub.snapshot()`` (client id -> topics), ``hub.client_count()``,
+  ``hub.is_connected``, ``hub.clients_by_topic``, ``hub.recipient_count``;
+- ``hub.check_topic_count(topics)`` (raises :exc:`TooManyTopics`),
+  ``hub.closing`` (shutting down) and ``hub.config`` (the broker's
+  :class:`SSEConfig`, e.g. ``session_ttl``);
+- ``hub.lock``, under the one rule: take it only to make id assignment and
+  delivery one step, never around I/O, a hook or logging.
+
+A backend has four roles:
+
+**history** - :meth:`~Backend.publish`, :meth:`~Backend.replay`,
+:meth:`~Backend.last_event_id`, :meth:`~Backend.is_valid_id`. It assigns every
+event its id, keeps the replay history, and hands every event to the hub of
+every process that may hold a recipient, in id order.
+
+**backplane** - :meth:`~Backend.subscribe`, :meth:`~Backend.unsubscribe`,
+:meth:`~Backend.disconnect`: a change to a client id applied wherever the client
+lives. The defaults apply it to this process's hub.
+
+**presence** - :meth:`~Backend.client_count`, :meth:`~Backend.clients_by_topic`,
+:meth:`~Backend.is_connected`, :meth:`~Backend.recall`, and the hooks
+:meth:`~Backend.client_opened` / :meth:`~Backend.client_closed` that the hub
+calls after its lock. The defaults answer for this process.
+
+**lifecycle** - :meth:`~Backend.bind`, :meth:`~Backend.start`,
+:meth:`~Backend.close`, :meth:`~Backend.reset_after_fork`.
+
+Unless said otherwise a method is called from any request thread (or
+greenlet), without the hub's lock, and may block on I/O for a bounded time
+(a network backend raises :exc:`BackendError` rather than hang).
 """
 
 from __future__ import annotations
 
+import logging
 import typing as t
 from dataclasses import dataclass, field
 
+from .._wire import Audience, Envelope, parse_event_id
+
 if t.TYPE_CHECKING:
-    from .._broker import SSEBroker
+    from .._connection import SSEClient
+    from .._hub import Hub
 
-#: Target kinds: who an event is for.
-ALL = "all"
-TOPIC = "topic"
-CLIENT = "client"
+__all__ = ["ALL", "CLIENT", "TOPIC", "Audience", "Backend", "Envelope", "Replay"]
 
+#: The package's logger (named after the top-level package), for every backend.
+logger = logging.getLogger(__name__.partition(".")[0])
 
-class Envelope:
-    """One published event, shared by every connection it is queued for.
-
-    ``frame`` is the complete encoded frame, so the event is encoded once per
-    publish however many connections receive it. ``key`` orders ids and is
-    ``None`` for frames outside the event sequence (heartbeats).
-    """
-
-    __slots__ = ("frame", "id", "key", "kind", "target")
-
-    def __init__(
-        self, id: str | None, key: tuple[int, int] | None, kind: str, target: str | None, frame: bytes
-    ) -> None:
-        self.id = id
-        self.key = key
-        self.kind = kind
-        self.target = target
-        self.frame = frame
-
-    def __repr__(self) -> str:
-        return f"<Envelope {self.id} {self.kind}:{self.target}>"
-
-    def reaches(self, client_id: str, topics: t.Container[str]) -> bool:
-        """Whether a client with this id and these topics is a recipient."""
-        if self.kind == ALL:
-            return True
-        if self.kind == TOPIC:
-            return self.target in topics
-        return self.target == client_id
+#: Who an event is for (the members of :class:`Audience`).
+ALL = Audience.ALL
+TOPIC = Audience.TOPIC
+CLIENT = Audience.CLIENT
 
 
 @dataclass
@@ -70,69 +84,133 @@ class Replay:
 
 
 class Backend:
-    """Base class of backends; the in-process defaults live here.
+    """Base class of backends; the one-process defaults live here.
 
     Subclasses must implement :meth:`publish`, :meth:`replay` and
-    :meth:`last_event_id`. The rest defaults to acting on the local broker,
+    :meth:`last_event_id`. The rest defaults to acting on this process's hub,
     which is right for one process; a distributed backend overrides them to
     reach other processes too.
     """
 
-    broker: SSEBroker
+    #: The hub of this process, set by :meth:`bind`.
+    hub: Hub
 
-    def bind(self, broker: SSEBroker) -> None:
-        """Attach to the broker whose connections this backend feeds."""
-        self.broker = broker
+    # -- lifecycle -----------------------------------------------------------
+
+    def bind(self, hub: Hub) -> None:
+        """Attach to the hub whose connections this backend feeds. Called once
+        by the broker that owns the backend, before any other method; cheap,
+        no I/O."""
+        self.hub = hub
 
     def start(self) -> None:
-        """Start background work (a listener); called when a stream opens."""
+        """Start background work (a listener thread). Called when the first
+        stream opens, from its request thread; may block briefly (until the
+        listener is ready) so the first replay and live events leave no gap.
+        Called again after :meth:`close` when the broker is reconfigured."""
 
     def close(self) -> None:
-        """Stop background work and release connections to external services."""
+        """Stop background work and release connections to external services.
+        Called at shutdown (from any thread, possibly a SIGTERM helper), after
+        every stream was told to end; may block for a bounded time."""
 
     def reset_after_fork(self) -> None:
-        """Drop state a forked child must not share with its parent."""
+        """Drop state a forked child must not share with its parent (sockets,
+        threads, an id sequence). Called in the child, before anything else
+        is, the first time the child uses the broker; no I/O needed."""
 
-    def publish(self, kind: str, target: str | None, body: bytes) -> int:
-        """Assign an id, record the event, deliver it; return local queued count."""
+    # -- history -------------------------------------------------------------
+
+    def publish(self, audience: Audience, target: str | None, body: bytes) -> int:
+        """Assign the event an id, record it, deliver it; return how many local
+        connections it was queued for.
+
+        ``body`` is the event's encoded fields (:attr:`SSEEvent.body`), to be
+        framed once with its id: ``Envelope.encode(seq, audience, target,
+        body)``. ``target`` is the topic or client id (``None`` for ``ALL``).
+        Ids must increase in delivery order: a backend delivering in process
+        assigns the id and calls ``hub.deliver_locked`` under one hold of
+        ``hub.lock``. A distributed backend may deliver later (from a listener
+        calling ``hub.deliver``) and return ``hub.recipient_count(...)``.
+
+        :raises BackendError: the event could not be recorded.
+        """
         raise NotImplementedError
 
     def replay(self, cursor: str | None) -> Replay:
-        """Events after ``cursor`` (a validated id); called outside the lock."""
+        """What a stream resuming after ``cursor`` missed.
+
+        Called outside the lock, after the new connection is registered (so an
+        event published meanwhile may be both replayed and queued live: the
+        stream skips live events up to the replay's last ``seq``). ``cursor``
+        is ``None`` (a new client: return ``Replay(cursor=<newest id>)``) or an
+        id that passed :meth:`is_valid_id`.
+
+        :raises BrokerUnavailable: the history cannot be read now (a 503).
+        """
         raise NotImplementedError
 
     def last_event_id(self) -> str | None:
+        """The newest event id; before any event, an id that replays from the
+        very first. A page embeds it and connects from it.
+
+        :raises BackendError: it cannot be read now.
+        """
         raise NotImplementedError
 
     def is_valid_id(self, value: str) -> bool:
-        """Whether ``value`` has the shape of an id this backend writes."""
-        from ..event import parse_event_id
-
+        """Whether ``value`` has the shape of an id this backend writes
+        (``<int>-<int>`` by default). Cheap, no I/O."""
         return parse_event_id(value) is not None
 
+    # -- backplane -----------------------------------------------------------
+
     def subscribe(self, client_id: str, topics: t.Collection[str]) -> frozenset[str]:
-        return self.broker._subscribe_local(client_id, topics)
+        """Add validated ``topics`` to a client wherever it lives; return its
+        topics. :raises ClientNotFound: no process knows the client.
+        :raises TooManyTopics: it would hold too many."""
+        return self.hub.subscribe(client_id, topics)
 
     def unsubscribe(self, client_id: str, topics: t.Collection[str]) -> frozenset[str]:
-        return self.broker._unsubscribe_local(client_id, topics)
+        """Remove ``topics`` from a client wherever it lives; as :meth:`subscribe`."""
+        return self.hub.unsubscribe(client_id, topics)
 
     def disconnect(self, client_id: str) -> int:
-        return self.broker._disconnect_local(client_id)
+        """Close every connection of a client wherever it lives and forget its
+        session; return how many closed in this process."""
+        return self.hub.disconnect(client_id)
+
+    # -- presence ------------------------------------------------------------
+
+    def client_count(self) -> int:
+        """Client ids with a live connection anywhere this backend sees."""
+        return self.hub.client_count()
+
+    def clients_by_topic(self, topic: str) -> list[str]:
+        """Sorted ids of the clients subscribed to ``topic`` anywhere."""
+        return self.hub.clients_by_topic(topic)
 
     def is_connected(self, client_id: str) -> bool:
         """Whether the client has a live connection anywhere this backend sees."""
-        return self.broker._is_connected_local(client_id)
-
-    def remember(self, client_id: str, topics: frozenset[str]) -> None:
-        """Keep a client's topics for ``session_ttl`` after its last connection
-        ends; the broker already keeps them in process."""
+        return self.hub.is_connected(client_id)
 
     def recall(self, client_id: str) -> frozenset[str] | None:
-        """Topics remembered for a client unknown to the local broker."""
+        """Topics remembered elsewhere for a client this process does not know
+        (its session, or another process's live record), for a new
+        connection to start with; ``None`` when nobody knows it. The hub
+        remembers sessions of this process itself.
+
+        :raises BrokerUnavailable: it cannot be looked up now (a 503).
+        """
         return None
 
-    def client_count(self) -> int:
-        return self.broker._client_count_local()
+    def client_opened(self, client: SSEClient) -> None:
+        """A client id's first connection in this process is open (its replay
+        prepared). Called by the hub after its lock, in the thread that opened
+        it; must not raise, may do bounded I/O."""
 
-    def clients_by_topic(self, topic: str) -> list[str]:
-        return self.broker._clients_by_topic_local(topic)
+    def client_closed(self, client: SSEClient) -> None:
+        """A client id's last connection in this process ended; ``client.topics``
+        are its topics at that time. Called by the hub after its lock, from
+        whichever thread ended it (a request, a publisher whose event
+        overflowed it, shutdown: ``hub.closing``); must not raise."""

@@ -11,8 +11,8 @@ import secrets
 import time
 from collections import deque
 
-from ..event import frame, parse_event_id
-from .base import Backend, Envelope, Replay
+from .._wire import Audience, Envelope, parse_event_id
+from .base import Backend, Replay
 
 
 class MemoryBackend(Backend):
@@ -20,7 +20,7 @@ class MemoryBackend(Backend):
     starts, so an id from before a restart (or from another worker) is
     recognised as foreign instead of being mistaken for a recent one.
 
-    The history is a bounded deque guarded by the broker's lock, appended to in
+    The history is a bounded deque guarded by the hub's lock, appended to in
     the same critical section that queues the event, so id order, history
     order and delivery order are one order.
     """
@@ -44,29 +44,30 @@ class MemoryBackend(Backend):
         # rendered then can still connect from it and miss nothing.
         return f"{self._epoch}-{self._seq}"
 
-    def publish(self, kind: str, target: str | None, body: bytes) -> int:
-        broker = self.broker
-        with broker._lock:
+    def publish(self, audience: Audience, target: str | None, body: bytes) -> int:
+        hub = self.hub
+        with hub.lock:
             self._seq += 1
-            event_id = f"{self._epoch}-{self._seq}"
-            envelope = Envelope(event_id, (self._epoch, self._seq), kind, target, frame(body, event_id))
+            envelope = Envelope.encode((self._epoch, self._seq), audience, target, body)
             if self._history_size:
                 self._history.append(envelope)
-            return broker._deliver_locked(envelope)
+            queued = hub.deliver_locked(envelope)
+        hub.run_after_lock()
+        return queued
 
     def last_event_id(self) -> str | None:
-        with self.broker._lock:
+        with self.hub.lock:
             return self._head()
 
     def replay(self, cursor: str | None) -> Replay:
-        with self.broker._lock:
+        with self.hub.lock:
             head = self._head()
             if cursor is None:
                 return Replay(cursor=head)
             epoch, seq = parse_event_id(cursor) or (0, 0)
             history = self._history
             if epoch == self._epoch and seq <= self._seq:
-                oldest = history[0].key[1] if history else self._seq + 1  # type: ignore[index]
+                oldest = history[0].seq[1] if history else self._seq + 1
                 if seq >= oldest - 1:
                     return Replay(envelopes=list(history)[seq - oldest + 1 :], cursor=cursor)
             elif epoch != self._epoch and len(history) == self._seq:

@@ -93,17 +93,9 @@ def create_app() -> Flask:
     @app.get("/test/state")
     def state():
         """The broker's internals, to prove state is released, not just counted."""
-        with broker._lock:
-            return jsonify(
-                clients=sorted(broker._clients),
-                connections=len(broker._connections),
-                open_streams=broker._open_streams,
-                topics={k: len(v) for k, v in broker._topics.items()},
-                queued=[len(c._queue) for c in broker._connections],
-                sessions=sorted(broker._sessions),
-                counters=broker._counters,
-                pid=os.getpid(),
-            )
+        state = broker._debug_state()
+        state["sessions"] = sorted(state["sessions"])
+        return jsonify(pid=os.getpid(), **state)
 
     @app.get("/test/last-event-id")
     def last_event_id():

@@ -1,4 +1,4 @@
-"""The app the browser tests load: :mod:`tests.serverapp` plus a test page.
+"""The app the browser tests load: :mod:`tests.apps.serverapp` plus a test page.
 
 ``GET /page`` is a page that imports the browser client from
 ``/_sse/client.js`` as a user's page would, embeds ``broker.last_event_id()``
@@ -12,7 +12,7 @@ import json
 
 from flask import Flask, current_app
 
-from tests import serverapp
+from tests.apps import serverapp
 
 PAGE = """<!doctype html>
 <html>

@@ -1,0 +1,192 @@
+"""One client's record and one stream: :class:`SSEClient` and :class:`SSEConnection`.
+
+A connection knows the lock that guards its queue and whom to tell when it
+ends; it never sees the hub's registries or the broker.
+"""
+
+from __future__ import annotations
+
+import time
+import typing as t
+
+from ._socket import peer_closed
+from ._wire import HEARTBEAT_FRAME, Envelope, Frame, Seq
+
+if t.TYPE_CHECKING:
+    import threading
+
+    from ._wake import Wake
+
+#: What a connection queues: events, and bare frames (heartbeats, the final hint).
+Queued = Envelope | Frame
+
+
+class SSEClient:
+    """The server-side record of one client id and its live connections.
+
+    One client id may hold several connections at once (one per browser tab
+    of a user, when ``identify`` returns the user id); topics belong to the
+    client, so every one of its connections receives its topics' events.
+    """
+
+    __slots__ = ("_connections", "_topics", "connected_at", "id", "metadata")
+
+    def __init__(self, client_id: str, metadata: dict[str, t.Any] | None = None) -> None:
+        self.id = client_id
+        self.metadata: dict[str, t.Any] = dict(metadata or {})
+        self.connected_at = time.time()
+        self._topics: set[str] = set()
+        self._connections: list[SSEConnection] = []
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """A snapshot of the topics this client is subscribed to."""
+        return frozenset(self._topics)
+
+    @property
+    def connections(self) -> tuple[SSEConnection, ...]:
+        """A snapshot of the client's live connections."""
+        return tuple(self._connections)
+
+    def __repr__(self) -> str:
+        return f"<SSEClient {self.id!r} topics={sorted(self._topics)} connections={len(self._connections)}>"
+
+
+class SSEConnection:
+    """One event stream: a bounded queue drained by a WSGI response iterator.
+
+    Iterating it yields ``bytes`` for the server to write: everything queued
+    since the last write leaves in one chunk. It blocks (cooperatively under
+    gevent) while nothing is queued and stops once it is closed. The server's
+    call to :meth:`close` when the response ends - finished, or a write failed
+    because the peer is gone - releases it from the broker.
+
+    :param client: the record of the client it belongs to.
+    :param lock: the hub's lock, which guards the queue and the flags below.
+    :param on_close: called (without the lock) with the connection when it
+        ends, however it ends; must be idempotent.
+    :param wake: set by whoever queues for a waiting stream.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_finished",
+        "_head",
+        "_lock",
+        "_on_close",
+        "_peer",
+        "_queue",
+        "_released",
+        "_skip_through",
+        "_waiting",
+        "_wake",
+        "client",
+        "dropped",
+        "opened_at",
+    )
+
+    def __init__(
+        self,
+        client: SSEClient,
+        lock: threading.Lock,
+        on_close: t.Callable[[SSEConnection], None],
+        wake: Wake,
+    ) -> None:
+        self.client = client
+        self.opened_at = time.time()
+        #: Overflows of this connection's queue.
+        self.dropped = 0
+        self._lock = lock
+        self._on_close = on_close
+        # A list, not a deque: an empty deque costs a 64-slot block, and with
+        # ten thousand idle streams per worker that is most of their memory.
+        self._queue: list[Queued] = []
+        self._wake = wake
+        #: Whether the next publisher must set ``_wake``; between a ``_take``
+        #: and the first event queued after it. With the lock held it means
+        #: "``_wake`` is clear and the queue was empty when it was cleared".
+        self._waiting = True
+        #: Nothing more is queued; the stream ends once the queue is written.
+        self._closed = False
+        #: Removed from the hub's registries (by the hub, under the lock).
+        self._released = False
+        #: The stream has ended: counted out of the hub's open streams.
+        self._finished = False
+        #: The first frames (``retry``, ``connected``, the replay), written first.
+        self._head: list[bytes] | None = None
+        #: Live events up to this one were already sent by the replay.
+        self._skip_through: Seq | None = None
+        #: The client's socket, when the server exposes it: lets a heartbeat
+        #: find a peer that closed without writing to it.
+        self._peer: t.Any = None
+
+    def __repr__(self) -> str:
+        return f"<SSEConnection of {self.client.id!r} queued={len(self._queue)} closed={self._closed}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __iter__(self) -> SSEConnection:
+        return self
+
+    def __next__(self) -> bytes:
+        head, self._head = self._head, None
+        if head:
+            return b"".join(head)
+        while True:
+            batch = self._take()
+            skip = self._skip_through
+            if skip is not None:
+                # Live events that the replay already sent (a distributed
+                # backend replays outside the lock, so the two may overlap).
+                batch = [e for e in batch if e.seq is None or e.seq > skip]
+                if any(e.seq is not None for e in batch):
+                    self._skip_through = None
+            if len(batch) == 1:  # a heartbeat, or a stream keeping up
+                if batch[0] is HEARTBEAT_FRAME and peer_closed(self._peer):
+                    self.close()
+                    raise StopIteration
+                return batch[0].frame
+            if batch:
+                # Never an empty chunk: to a chunked response that means the end.
+                return b"".join([e.frame for e in batch])
+
+    def _take(self) -> list[Queued]:
+        """Wait until something is queued; take all of it.
+
+        One lock round trip per wake-up: taking the queue also re-arms the
+        wake-up, so the next call waits without the lock (``_wake`` is set
+        by whoever queues after the take, and stays set until the next take).
+        """
+        lock = self._lock
+        wake = self._wake
+        while True:
+            wake.wait()
+            with lock:
+                if self._closed:
+                    if self._queue:  # the final frame; the wake-up stays set
+                        batch, self._queue = self._queue, []
+                        return batch
+                    break
+                self._waiting = True
+                wake.clear()
+                if self._queue:
+                    batch, self._queue = self._queue, []
+                    return batch
+        self._on_close(self)
+        raise StopIteration
+
+    def close(self) -> None:
+        """End this stream and release it from the broker (idempotent)."""
+        self._on_close(self)
+
+    def _close_locked(self, final: bytes | None = None) -> None:
+        """Stop queueing; the stream writes ``final`` (if any) and ends.
+        Caller holds the lock."""
+        self._closed = True
+        self._queue.clear()
+        if final is not None:
+            self._queue.append(Frame(final))
+        self._waiting = False
+        self._wake.set()

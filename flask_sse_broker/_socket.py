@@ -1,0 +1,72 @@
+"""What a stream knows about its socket: the write-stall limit and the
+dead-peer check.
+
+Under WSGI a stream only learns its peer is gone when a write fails. These two
+make that happen soon: the kernel gives up on unacknowledged data after
+``write_timeout``, and a heartbeat first looks whether the peer has already
+closed its end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import typing as t
+
+#: ``recv`` flags of the dead-peer check, as a plain int: ``MSG_PEEK |
+#: MSG_DONTWAIT`` on the ``IntFlag`` members runs ``Flag.__or__`` every time.
+_PEEK_FLAGS = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
+#: ``getsockopt`` level and option reading a TCP socket's state (Linux), and
+#: the state in which the peer has neither closed nor reset its end.
+_IPPROTO_TCP = int(socket.IPPROTO_TCP)
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+_TCP_ESTABLISHED = b"\x01"
+#: Bounds how long written data may stay unacknowledged (Linux).
+_TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
+
+
+def limit_write_stall(sock: t.Any, timeout: float | None) -> None:
+    """Bound how long the kernel keeps ``sock`` alive while written data goes
+    unacknowledged.
+
+    A write to a peer that stopped reading (or vanished without a FIN) blocks
+    until TCP gives up, which by default takes many minutes or never happens.
+    ``TCP_USER_TIMEOUT`` makes it fail after ``timeout``, zero-window probes
+    included. Does nothing without a socket, a timeout or the option.
+    """
+    if sock is not None and timeout and _TCP_USER_TIMEOUT is not None:
+        # Not a TCP socket (a unix socket, a test client): nothing to bound.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(timeout * 1000))
+
+
+def peer_closed(sock: t.Any) -> bool:
+    """Whether the peer of ``sock`` has closed its end (EOF or reset).
+
+    A write to a socket whose peer just closed usually succeeds - only the
+    next one fails - so without this a dead client would be found after two
+    heartbeats instead of one. The peek never blocks: it only runs on a
+    socket with no timeout (``MSG_DONTWAIT``) or a non-blocking one. ``False``
+    when there is no socket to look at.
+    """
+    if sock is None:
+        return False
+    raw = getattr(sock, "_sock", sock)  # under gevent, the real socket inside
+    try:
+        if raw.gettimeout() not in (None, 0.0):
+            return False
+        if _TCP_INFO is not None:
+            # The common case without the peek's EAGAIN exception: a TCP
+            # socket still ESTABLISHED has had no FIN and no reset, so the
+            # peek could only find data or nothing. Any other state (or a
+            # socket that is not TCP) gets the peek.
+            try:
+                if raw.getsockopt(_IPPROTO_TCP, _TCP_INFO, 1) == _TCP_ESTABLISHED:
+                    return False
+            except OSError:
+                pass
+        return bool(raw.recv(1, _PEEK_FLAGS) == b"")
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:  # reset by the peer, or already closed here
+        return True

@@ -1,0 +1,182 @@
+"""The SSE wire format below :class:`~flask_sse_broker.event.SSEEvent`:
+field checks, framing, event ids, and what a connection queues.
+
+Encoding follows the WHATWG HTML standard, section 9.2 "Server-sent events"
+(https://html.spec.whatwg.org/multipage/server-sent-events.html#parsing-an-event-stream).
+A frame is a block of ``field: value`` lines ended by a blank line. The parser
+splits lines on CR, LF *and* CRLF, so any of those inside a value would start a
+new field or end the frame early; this module makes that impossible.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+import typing as t
+
+#: Matches every line break the SSE parser recognises: CRLF, lone CR, lone LF.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+#: An event id as the broker writes it: ``<epoch or milliseconds>-<sequence>``,
+#: the shape of a Redis stream id, so both backends share one format.
+_EVENT_ID = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
+
+#: An event's place in the sequence: the parsed id, compared as a pair.
+Seq = tuple[int, int]
+
+
+def json_dumps(data: t.Any) -> str:
+    """Compact JSON on one line (JSON escapes CR and LF inside strings)."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate cannot be UTF-8 encoded; ASCII escapes carry it intact
+        # to ``JSON.parse`` on the other side.
+        text = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return text
+
+
+def check_field(name: str, value: str, *, nul: bool = False) -> str:
+    """Return ``value`` if it can be a field value; raise otherwise.
+
+    :raises TypeError: not a ``str``.
+    :raises ValueError: CR or LF (a new field), NUL when ``nul``, or not UTF-8.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"SSE {name} must be a str, not {type(value).__name__}")
+    if "\r" in value or "\n" in value:
+        raise ValueError(f"SSE {name} must not contain CR or LF: {value!r}")
+    if nul and "\0" in value:
+        raise ValueError(f"SSE {name} must not contain NUL: {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"SSE {name} must be encodable as UTF-8: {value!r}") from None
+    return value
+
+
+def check_event_id(value: str) -> str:
+    """Return ``value`` if it is a valid ``id:`` field value, else raise
+    :exc:`ValueError`. The standard ignores an id holding NUL and a line break
+    would inject a field, so both are refused.
+    """
+    return check_field("id", value, nul=True)
+
+
+def parse_event_id(value: str) -> Seq | None:
+    """Parse a broker-assigned event id into a comparable pair, or return
+    ``None`` when ``value`` does not have the broker's id shape.
+    """
+    match = _EVENT_ID.match(value)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def format_event_id(seq: Seq) -> str:
+    """The id of an event at ``seq``: the inverse of :func:`parse_event_id`."""
+    return f"{seq[0]}-{seq[1]}"
+
+
+def encode_body(payload: str, event: str | None = None, retry: int | None = None) -> bytes:
+    """The fields of a frame without ``id:`` and without its blank line.
+
+    One ``data:`` line per payload line; the parser joins them back with LF.
+
+    :raises ValueError: the payload holds a lone surrogate (only raw data can).
+    """
+    lines = []
+    if retry is not None:
+        lines.append(f"retry: {retry}\n")
+    if event:
+        lines.append(f"event: {event}\n")
+    for line in _LINE_BREAK.split(payload):
+        lines.append(f"data: {line}\n")
+    try:
+        return "".join(lines).encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"raw SSE data must be encodable as UTF-8: {e}") from None
+
+
+def frame(body: bytes, id: str | None) -> bytes:
+    """Close an encoded body into a frame, adding the ``id:`` line if any."""
+    if id is None:
+        return body + b"\n"
+    return b"%sid: %s\n\n" % (body, id.encode("utf-8"))
+
+
+#: Sent every heartbeat interval. It is a named event with data, not a comment:
+#: a browser shows no comment to scripts and dispatches no event without data,
+#: and the client's watchdog must see it. It has no id, so it moves no cursor.
+HEARTBEAT = b"event: heartbeat\ndata: {}\n\n"
+
+
+class Audience(str, enum.Enum):
+    """Who an event is for. A ``str`` so it crosses Redis and signals as
+    ``"all"``, ``"topic"`` or ``"client"``."""
+
+    ALL = "all"
+    TOPIC = "topic"
+    CLIENT = "client"
+
+
+class Frame:
+    """Bytes queued for a stream outside the event sequence: a heartbeat, or
+    the ``retry:`` hint a stream ends with. It has no ``seq``, so it moves no
+    cursor and a replay never skips it."""
+
+    __slots__ = ("frame",)
+
+    #: Always ``None``: lets a stream read ``seq`` of anything it dequeues.
+    seq: Seq | None = None
+
+    def __init__(self, frame: bytes) -> None:
+        self.frame = frame
+
+    def __repr__(self) -> str:
+        return f"<Frame {self.frame[:30]!r}>"
+
+
+class Envelope:
+    """One published event, shared by every connection it is queued for.
+
+    ``frame`` is the complete encoded frame, so the event is encoded once per
+    publish however many connections receive it. ``seq`` is its parsed id:
+    events are delivered, replayed and de-duplicated in ``seq`` order.
+    """
+
+    __slots__ = ("audience", "frame", "seq", "target")
+
+    def __init__(self, seq: Seq, audience: Audience, target: str | None, frame: bytes) -> None:
+        self.seq = seq
+        self.audience = audience
+        #: The topic (``TOPIC``) or the client id (``CLIENT``); ``None`` for ``ALL``.
+        self.target = target
+        self.frame = frame
+
+    @classmethod
+    def encode(cls, seq: Seq, audience: Audience, target: str | None, body: bytes) -> Envelope:
+        """Frame ``body`` (an event's encoded fields) with the id of ``seq``."""
+        return cls(seq, audience, target, frame(body, format_event_id(seq)))
+
+    @property
+    def id(self) -> str:
+        """The event id written on the wire."""
+        return format_event_id(self.seq)
+
+    def __repr__(self) -> str:
+        return f"<Envelope {self.id} {self.audience.value}:{self.target}>"
+
+    def reaches(self, client_id: str, topics: t.Container[str]) -> bool:
+        """Whether a client with this id and these topics is a recipient."""
+        if self.audience is Audience.ALL:
+            return True
+        if self.audience is Audience.TOPIC:
+            return self.target in topics
+        return self.target == client_id
+
+
+#: Queued in place of an event when a connection is idle at a heartbeat tick.
+HEARTBEAT_FRAME = Frame(HEARTBEAT)

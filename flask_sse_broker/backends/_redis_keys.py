@@ -1,0 +1,108 @@
+"""What the Redis backend writes: key and channel names, the publish script,
+and the codec of the messages on the bus. Every name is built here.
+
+``<prefix>:stream``
+    The history, a Redis Stream capped at about ``history_size`` entries. Its
+    entry ids are the event ids, so every process assigns ids from one sequence.
+``<prefix>:last``
+    The newest event id (the stream may be trimmed to nothing).
+``<prefix>:bus``
+    The pub/sub channel: events (``E ...``) and control messages (``C {json}``).
+``<prefix>:node:<node id>``
+    Presence: a hash of the client ids connected to one process, each with its
+    topics, expiring unless the process refreshes it. ``<prefix>:nodes`` is a
+    sorted set of the processes, scored by when their presence expires.
+``<prefix>:session:<client id>``
+    The topics of a client id whose last connection ended, for ``session_ttl``
+    seconds, so a reconnect to *any* process gets its subscriptions back.
+"""
+
+from __future__ import annotations
+
+import json
+import typing as t
+
+from .._wire import Audience, Envelope, parse_event_id
+
+#: The cursor before the first event, returned by ``last_event_id`` while the
+#: stream is empty, so a page can connect from it and miss nothing.
+ORIGIN = "0-0"
+
+#: XADD and PUBLISH in one atomic step, so the channel carries events in id
+#: order. The message is ``E <id> <audience> <target length> <target><body>``.
+PUBLISH_SCRIPT = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[6], ARGV[2], '*',
+                      'k', ARGV[3], 't', ARGV[4], 'b', ARGV[5])
+redis.call('SET', KEYS[2], id)
+redis.call('PUBLISH', ARGV[1],
+           'E ' .. id .. ' ' .. ARGV[3] .. ' ' .. string.len(ARGV[4]) .. ' ' .. ARGV[4] .. ARGV[5])
+return id
+"""
+
+
+class RedisKeys:
+    """The names under one prefix."""
+
+    __slots__ = ("channel", "last", "nodes", "prefix", "stream")
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.stream = f"{prefix}:stream"
+        self.last = f"{prefix}:last"
+        self.channel = f"{prefix}:bus"
+        self.nodes = f"{prefix}:nodes"
+
+    def node(self, node_id: str) -> str:
+        """The presence hash of one process."""
+        return f"{self.prefix}:node:{node_id}"
+
+    def session(self, client_id: str) -> str:
+        """The remembered topics of a client id."""
+        return f"{self.prefix}:session:{client_id}"
+
+
+def encode_control(op: str, client_id: str, topics: t.Collection[str], node: str) -> bytes:
+    """A control message: ``op`` (subscribe, unsubscribe, disconnect) of a
+    client id, sent by process ``node``."""
+    message = json.dumps({"op": op, "client": client_id, "topics": sorted(topics), "node": node})
+    return b"C " + message.encode()
+
+
+def decode_message(data: bytes) -> Envelope | dict[str, t.Any] | None:
+    """An event, a control message, or ``None`` for anything else.
+
+    :raises ValueError, KeyError, TypeError: a malformed message.
+    """
+    if data[:2] == b"E ":
+        _, raw_id, audience, length, rest = data.split(b" ", 4)
+        size = int(length)
+        seq = parse_event_id(raw_id.decode())
+        if seq is None:
+            raise ValueError(f"malformed event id {raw_id!r}")
+        kind = Audience(audience.decode())
+        target = rest[:size].decode() if kind is not Audience.ALL else None
+        return Envelope.encode(seq, kind, target, rest[size:])
+    if data[:2] == b"C ":
+        message = json.loads(data[2:])
+        if not isinstance(message, dict):
+            raise TypeError("a control message must be a JSON object")
+        return message
+    return None
+
+
+def entry_envelope(entry_id: bytes, fields: dict[bytes, bytes]) -> Envelope:
+    """The event of one stream entry."""
+    seq = parse_event_id(entry_id.decode())
+    if seq is None:
+        raise ValueError(f"malformed stream entry id {entry_id!r}")
+    kind = Audience(fields[b"k"].decode())
+    target = fields[b"t"].decode() if kind is not Audience.ALL else None
+    return Envelope.encode(seq, kind, target, fields[b"b"])
+
+
+def dump_topics(topics: t.Iterable[str]) -> str:
+    return json.dumps(sorted(topics), separators=(",", ":"))
+
+
+def text(value: t.Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,1 @@
+"""The apps under test, each served by a real server in a subprocess."""

@@ -1,0 +1,1 @@
+"""Fixtures, loaded by ``tests/conftest.py`` as pytest plugins."""
