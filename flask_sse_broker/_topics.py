@@ -133,6 +133,10 @@ class TopicIndex(t.Generic[M]):
     def __iter__(self) -> t.Iterator[str]:
         return iter(self._subscriptions)
 
+    def items(self) -> t.ItemsView[str, set[M]]:
+        """Each subscription with its members (read-only, like :meth:`match`)."""
+        return self._subscriptions.items()
+
     def holders(self, subscription: str) -> t.Collection[M]:
         """The members holding ``subscription`` exactly as written."""
         return self._subscriptions.get(subscription, ())
@@ -164,6 +168,16 @@ class TopicIndex(t.Generic[M]):
         if is_pattern(subscription):
             self._detach(subscription)
             self._patterns -= 1
+
+    def add_all(self, subscriptions: t.Iterable[str], members: t.Collection[M]) -> None:
+        """:meth:`add` for each of ``subscriptions``."""
+        for subscription in subscriptions:
+            self.add(subscription, members)
+
+    def discard_all(self, subscriptions: t.Iterable[str], members: t.Collection[M]) -> None:
+        """:meth:`discard` for each of ``subscriptions``."""
+        for subscription in subscriptions:
+            self.discard(subscription, members)
 
     def _attach(self, pattern: str, members: set[M]) -> None:
         node = self._root
