@@ -8,7 +8,8 @@ import typing as t
 
 import pytest
 
-from flask_sse_broker import InvalidTopic, SSEBroker, SSEConfig, topic_revoked
+from flask_sse_broker import InvalidTopic, SSEBroker, SSEClient, SSEConfig, topic_revoked
+from flask_sse_broker.backends import MemoryBackend
 
 from .conftest import SHARED_CONFIG
 from .redis_support import SHARED_URL, Cluster, ConnectionReader, delete_prefix, new_prefix, requires_redis
@@ -182,6 +183,21 @@ def test_revoke_sends_the_topic_revoked_signal(broker: SSEBroker) -> None:
     assert sorted(seen) == [("a", frozenset({"orders/*"})), ("b", frozenset({"orders/*"}))]
     assert broker.get_client("a").topics == frozenset()  # type: ignore[union-attr]
     assert broker.clients_by_topic("orders/1") == []
+
+
+def test_the_backend_hears_of_a_revoke_after_the_lock() -> None:
+    class Watching(MemoryBackend):
+        heard: list[tuple[str, frozenset[str], frozenset[str], bool]] = []
+
+        def client_revoked(self, client: SSEClient, topics: frozenset[str]) -> None:
+            self.heard.append((client.id, topics, client.topics, self.hub.lock.locked()))
+
+    backend = Watching(100)
+    broker = SSEBroker(SSEConfig(heartbeat_interval=0, handle_sigterm=False), backend=backend)
+    broker.open_stream("a", topics=["orders/*", "news"])
+    assert broker.revoke("orders/*") == 1
+    assert backend.heard == [("a", frozenset({"orders/*"}), frozenset({"news"}), False)]
+    broker.shutdown(timeout=0)
 
 
 # -- through Redis -------------------------------------------------------------------
