@@ -24,7 +24,13 @@ from .exceptions import (
     TooManyTopics,
 )
 from .helper import SSEHelper
-from .signals import client_connected, client_disconnected, event_dropped, event_published
+from .signals import (
+    client_connected,
+    client_disconnected,
+    event_dropped,
+    event_published,
+    topic_revoked,
+)
 
 __version__ = "0.1.0"
 
@@ -52,4 +58,5 @@ __all__ = [
     "event_published",
     "setup_sse",
     "sse_bp",
+    "topic_revoked",
 ]

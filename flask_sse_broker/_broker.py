@@ -18,13 +18,14 @@ import typing as t
 from . import signals
 from ._hub import Hub
 from ._process import ForkWatch, install_sigterm_handler, register_shutdown
+from ._topics import Subscriptions, check_publish_topic, check_topic
 from ._wake import flush as flush_wakeups
 from ._wake import new_wake
 from ._wire import Audience, check_event_id
 from .backends import Backend, Replay, backend_for
 from .config import SSEConfig
 from .event import SSEEvent
-from .exceptions import BackendError, EventTooLarge, InvalidEventId, InvalidTopic, TooManyTopics
+from .exceptions import BackendError, EventTooLarge, InvalidEventId, TooManyTopics
 
 if t.TYPE_CHECKING:
     from ._connection import SSEClient, SSEConnection
@@ -259,7 +260,9 @@ class SSEBroker:
         frames = [_control_frame("connected", hello, id=replay.cursor, retry=self.config.retry)]
         if replay.reset:
             frames.append(_control_frame("reset", {"lastEventId": replay.cursor}))
-        frames.extend(e.frame for e in replay.envelopes if e.reaches(client.id, topics))
+        if replay.envelopes:
+            subscriptions = Subscriptions(topics)
+            frames.extend(e.frame for e in replay.envelopes if e.reaches(client.id, subscriptions))
         return frames
 
     def disconnect(self, client_id: str) -> int:
@@ -269,10 +272,10 @@ class SSEBroker:
     # -- topics --------------------------------------------------------------
 
     def validate_topics(self, topics: t.Iterable[str]) -> frozenset[str]:
-        """Check topic names against the limits; return them as a set.
+        """Check topics and patterns against the limits; return them as a set.
 
-        :raises InvalidTopic: not a string, empty, too long, or holding a
-            control character.
+        :raises InvalidTopic: not a string, empty, too long, holding a
+            control character, or a misplaced ``*``.
         :raises TooManyTopics: more than ``max_topics_per_connection``.
         """
         if isinstance(topics, str):
@@ -286,15 +289,9 @@ class SSEBroker:
         return frozenset(result)
 
     def validate_topic(self, topic: str) -> str:
-        if not isinstance(topic, str):
-            raise InvalidTopic(repr(topic), "a topic must be a string")
-        if not topic:
-            raise InvalidTopic(topic, "a topic must not be empty")
-        if len(topic) > self.config.max_topic_length:
-            raise InvalidTopic(topic, f"longer than {self.config.max_topic_length} characters")
-        if not topic.isprintable():
-            raise InvalidTopic(topic, "control characters are not allowed")
-        return topic
+        """Check a topic or a pattern (see docs/patterns.rst); raise
+        :exc:`InvalidTopic`."""
+        return check_topic(topic, self.config.max_topic_length)
 
     def validate_event_id(self, value: str) -> str:
         """Check a client-supplied last event id; raise :exc:`InvalidEventId`."""
@@ -322,6 +319,22 @@ class SSEBroker:
         :meth:`subscribe`."""
         return self.backend.unsubscribe(client_id, self.validate_topics(_topic_args(topics)))
 
+    def revoke(self, topic: str, client_id: str | None = None) -> int:
+        """Take a topic or pattern, exactly as written, from one client, or
+        from every client holding it, in every process the backend reaches
+        (docs/revoke.rst). Each of their connections is sent ``event:
+        revoked`` (no ``id:``), then nothing more that reached it only through
+        it, queued events included; sessions lose it too, so getting it back
+        takes a new request, through ``authorize()``.
+
+        :returns: the number of clients connected here that held it.
+        :raises InvalidTopic: ``topic`` is not a valid topic or pattern.
+        """
+        topic = self.validate_topic(topic)
+        if client_id is not None:
+            validate_client_id(client_id)
+        return self.backend.revoke(topic, client_id)
+
     # -- publishing ----------------------------------------------------------
 
     def send(self, client_id: str, data: t.Any, **fields: t.Any) -> int:
@@ -340,8 +353,13 @@ class SSEBroker:
         return self._publish(Audience.ALL, None, data, fields)
 
     def broadcast_to_topic(self, topic: str, data: t.Any, **fields: t.Any) -> int:
-        """Send to every client subscribed to ``topic``; arguments as for :meth:`send`."""
-        return self._publish(Audience.TOPIC, self.validate_topic(topic), data, fields)
+        """Send to every client subscribed to ``topic``, or to a pattern
+        matching it; arguments as for :meth:`send`.
+
+        :raises InvalidTopic: ``topic`` is invalid or a pattern.
+        """
+        topic = check_publish_topic(topic, self.config.max_topic_length)
+        return self._publish(Audience.TOPIC, topic, data, fields)
 
     def _publish(self, audience: Audience, target: str | None, data: t.Any, fields: dict[str, t.Any]) -> int:
         if isinstance(data, SSEEvent):
@@ -383,7 +401,9 @@ class SSEBroker:
         return self._hub.client(client_id)
 
     def clients_by_topic(self, topic: str, *, cluster: bool = False) -> list[str]:
-        """Ids of the clients subscribed to ``topic`` with a live connection."""
+        """Ids of the clients with a live connection that an event on ``topic``
+        reaches (holders of matching patterns included); for a pattern, the
+        clients holding it as written."""
         return self.backend.clients_by_topic(topic) if cluster else self._hub.clients_by_topic(topic)
 
     def last_event_id(self) -> str | None:
@@ -422,6 +442,10 @@ class _Announcer:
 
     def client_closed(self, client: SSEClient) -> None:
         self._notify(self.broker.config.on_disconnect, signals.client_disconnected, client)
+
+    def client_revoked(self, client: SSEClient, topics: frozenset[str]) -> None:
+        if signals.topic_revoked.receivers:
+            signals.topic_revoked.send(self.broker, client=client, topics=topics)
 
     def _notify(self, hook: t.Callable[[SSEClient], None] | None, signal_: t.Any, client: SSEClient) -> None:
         if hook is not None:

@@ -10,6 +10,7 @@ import time
 import typing as t
 
 from ._socket import peer_closed
+from ._topics import Subscriptions
 from ._wire import HEARTBEAT_FRAME, Envelope, Frame, Seq
 
 if t.TYPE_CHECKING:
@@ -47,6 +48,13 @@ class SSEClient:
     def connections(self) -> tuple[SSEConnection, ...]:
         """A snapshot of the client's live connections."""
         return tuple(self._connections)
+
+    def _revoke_locked(self, topic: str, notice: Frame) -> None:
+        """Drop ``topic`` and tell every connection (the hub's lock held)."""
+        self._topics = self._topics - {topic}
+        remaining = Subscriptions(self._topics)
+        for conn in self._connections:
+            conn._revoke_locked(remaining, notice)
 
     def __repr__(self) -> str:
         return f"<SSEClient {self.id!r} topics={sorted(self._topics)} connections={len(self._connections)}>"
@@ -180,6 +188,19 @@ class SSEConnection:
     def close(self) -> None:
         """End this stream and release it from the broker (idempotent)."""
         self._on_close(self)
+
+    def _revoke_locked(self, remaining: t.Container[str], notice: Frame) -> None:
+        """Drop the queued topic events that ``remaining`` (the client's
+        subscriptions after a revoke) no longer reaches, then queue
+        ``notice``: nothing of a revoked topic follows it. Caller holds the lock."""
+        queue = self._queue
+        if queue:
+            client_id = self.client.id
+            queue[:] = [e for e in queue if not isinstance(e, Envelope) or e.reaches(client_id, remaining)]
+        queue.append(notice)
+        if self._waiting:
+            self._waiting = False
+            self._wake.set()
 
     def _close_locked(self, final: bytes | None = None) -> None:
         """Stop queueing; the stream writes ``final`` (if any) and ends.

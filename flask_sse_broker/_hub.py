@@ -26,7 +26,8 @@ import typing as t
 from collections import deque
 
 from ._connection import SSEClient, SSEConnection
-from ._wire import HEARTBEAT_FRAME, Audience, Envelope
+from ._topics import TopicIndex, is_pattern
+from ._wire import HEARTBEAT_FRAME, Audience, Envelope, Frame, encode_body, frame, json_dumps
 from .exceptions import BrokerUnavailable, ClientNotFound, TooManyConnections, TooManyTopics
 
 if t.TYPE_CHECKING:
@@ -46,6 +47,8 @@ class ClientWatcher(t.Protocol):
     def client_opened(self, client: SSEClient) -> None: ...
 
     def client_closed(self, client: SSEClient) -> None: ...
+
+    def client_revoked(self, client: SSEClient, topics: frozenset[str]) -> None: ...
 
 
 class OverflowWatcher(t.Protocol):
@@ -81,7 +84,8 @@ class Hub:
         self.lock = threading.Lock()
         self._clients: dict[str, SSEClient] = {}
         self._connections: set[SSEConnection] = set()
-        self._topics: dict[str, set[SSEConnection]] = {}
+        #: Subscription (a topic or a pattern, as written) -> its connections.
+        self._topics: TopicIndex[SSEConnection] = TopicIndex()
         #: client id -> (topics, expiry) of clients whose last connection ended.
         self._sessions: dict[str, tuple[frozenset[str], float]] = {}
         self.counters = dict.fromkeys(
@@ -125,6 +129,10 @@ class Hub:
         for watcher in self.watchers:
             watcher.client_closed(client)
 
+    def _client_revoked(self, client: SSEClient, topics: frozenset[str]) -> None:
+        for watcher in self.watchers:
+            watcher.client_revoked(client, topics)
+
     # -- connections ----------------------------------------------------------
 
     def open(
@@ -154,6 +162,9 @@ class Hub:
             first = client is None
             if client is None:
                 client = SSEClient(client_id, metadata)
+                session = self._sessions.get(client_id)
+                if session is not None and session[1] > time.monotonic():
+                    remembered = session[0]  # again under the lock: a revoke may have changed it
                 client._topics.update(remembered)
             elif metadata:
                 client.metadata.update(metadata)
@@ -166,7 +177,7 @@ class Hub:
             self._connections.add(conn)
             self._open_streams += 1
             self.counters["connections_opened"] += 1
-            self._index_locked((conn,), merged)
+            self._topics.add_all(merged, (conn,))
             client._topics = merged
         return conn, first
 
@@ -199,7 +210,7 @@ class Hub:
         conn._close_locked(final)
         self._connections.discard(conn)
         client = conn.client
-        self._unindex_locked((conn,), client._topics)
+        self._topics.discard_all(client._topics, (conn,))
         client._connections.remove(conn)
         if client._connections or self._clients.get(client.id) is not client:
             return
@@ -264,7 +275,7 @@ class Hub:
             if client is None:
                 return self._update_session_locked(client_id, topics, add=True)
             merged = self.check_topic_count(client._topics | set(topics))
-            self._index_locked(client._connections, merged - client._topics)
+            self._topics.add_all(merged - client._topics, client._connections)
             client._topics = merged
             return frozenset(merged)
 
@@ -274,7 +285,7 @@ class Hub:
             client = self._clients.get(client_id)
             if client is None:
                 return self._update_session_locked(client_id, topics, add=False)
-            self._unindex_locked(client._connections, client._topics & set(topics))
+            self._topics.discard_all(client._topics & set(topics), client._connections)
             client._topics = client._topics - set(topics)
             return frozenset(client._topics)
 
@@ -289,19 +300,26 @@ class Hub:
         self._sessions[client_id] = (self.check_topic_count(updated), expiry)
         return updated
 
-    def _index_locked(self, connections: t.Iterable[SSEConnection], topics: t.Iterable[str]) -> None:
-        """Make ``connections`` recipients of ``topics`` in the topic index."""
-        for topic in topics:
-            self._topics.setdefault(topic, set()).update(connections)
-
-    def _unindex_locked(self, connections: t.Collection[SSEConnection], topics: t.Iterable[str]) -> None:
-        """Remove ``connections`` from ``topics``; drop topics left empty."""
-        for topic in topics:
-            members = self._topics.get(topic)
-            if members is not None:
-                members.difference_update(connections)
-                if not members:
-                    del self._topics[topic]
+    def revoke(self, topic: str, client_id: str | None) -> tuple[list[SSEClient], list[str]]:
+        """Take ``topic`` (as written) from a client, or every holder, live or
+        remembered here; return the clients and session ids it was taken from."""
+        notice = Frame(frame(encode_body(json_dumps({"topics": [topic]}), "revoked"), None))
+        with self.lock:
+            if client_id is None:
+                clients = list({conn.client for conn in self._topics.holders(topic)})
+                sessions = [cid for cid, (held, _) in self._sessions.items() if topic in held]
+            else:
+                clients = [c for c in (self._clients.get(client_id),) if c is not None and topic in c._topics]
+                sessions = [client_id] if topic in self._sessions.get(client_id, ((),))[0] else []
+            for cid in sessions:
+                held, expiry = self._sessions[cid]
+                self._sessions[cid] = (held - {topic}, expiry)
+            for client in clients:
+                self._topics.discard(topic, client._connections)
+                client._revoke_locked(topic, notice)
+                self._after_lock.append((self._client_revoked, client, frozenset((topic,))))
+        self.run_after_lock()
+        return clients, sessions
 
     def topics_of(self, client_id: str, *, sessions: bool = False) -> frozenset[str] | None:
         """The topics of a live client here; with ``sessions``, else those
@@ -341,7 +359,7 @@ class Hub:
         and calls :meth:`run_after_lock` after releasing it."""
         audience = envelope.audience
         if audience is _TOPIC:
-            recipients: t.Iterable[SSEConnection] = self._topics.get(envelope.target, ())  # type: ignore[arg-type]
+            recipients: t.Iterable[SSEConnection] = self._topics.match(envelope.target)  # type: ignore[arg-type]
         elif audience is _ALL:
             recipients = self._connections
         else:
@@ -402,7 +420,7 @@ class Hub:
             if audience is _ALL:
                 return len(self._connections)
             if audience is _TOPIC:
-                return len(self._topics.get(target or "", ()))
+                return len(self._topics.match(target or ""))
             client = self._clients.get(target or "")
             return len(client._connections) if client is not None else 0
 
@@ -436,8 +454,12 @@ class Hub:
             return client_id in self._clients
 
     def clients_by_topic(self, topic: str) -> list[str]:
+        """The clients an event on ``topic`` reaches (holders of matching
+        patterns included); for a pattern, its holders as written."""
+        index = self._topics
         with self.lock:
-            return sorted({conn.client.id for conn in self._topics.get(topic, ())})
+            found = index.holders(topic) if is_pattern(topic) else index.match(topic)
+            return sorted({conn.client.id for conn in found})
 
     def snapshot(self) -> dict[str, frozenset[str]]:
         """Client id -> topics of every live client here."""

@@ -21,3 +21,8 @@ event_published = _signals.signal("event-published")
 #: A connection's buffer overflowed. Keywords: ``client``, ``connection`` and
 #: ``policy`` (``"disconnect"`` or ``"drop_oldest"``).
 event_dropped = _signals.signal("event-dropped")
+#: A subscription was revoked (:meth:`SSEBroker.revoke`) from a client with a
+#: live connection in this process (each process sends it for its own
+#: clients). Keywords: ``client`` and ``topics`` (a frozenset of the topics or
+#: patterns, as written).
+topic_revoked = _signals.signal("topic-revoked")

@@ -7,7 +7,8 @@ and the codec of the messages on the bus. Every name is built here.
 ``<prefix>:last``
     The newest event id (the stream may be trimmed to nothing).
 ``<prefix>:bus``
-    The pub/sub channel: events (``E ...``) and control messages (``C {json}``).
+    The pub/sub channel: events (``E ...``) and control messages (``C {json}``:
+    subscribe, unsubscribe, disconnect, revoke).
 ``<prefix>:node:<node id>``
     Presence: a hash of the client ids connected to one process, each with its
     topics, expiring unless the process refreshes it. ``<prefix>:nodes`` is a
@@ -39,6 +40,27 @@ redis.call('PUBLISH', ARGV[1],
 return id
 """
 
+#: Takes one topic (ARGV[1]) out of the sessions named in KEYS (JSON lists of
+#: topics), keeping each one's expiry; a session left empty is deleted.
+#: Returns how many held it.
+REVOKE_SCRIPT = """
+local changed = 0
+for _, key in ipairs(KEYS) do
+  local value = redis.call('GET', key)
+  if value then
+    local kept, found = {}, false
+    for _, topic in ipairs(cjson.decode(value)) do
+      if topic == ARGV[1] then found = true else table.insert(kept, topic) end
+    end
+    if found then
+      changed = changed + 1
+      if #kept == 0 then redis.call('DEL', key) else redis.call('SET', key, cjson.encode(kept), 'KEEPTTL') end
+    end
+  end
+end
+return changed
+"""
+
 
 class RedisKeys:
     """The names under one prefix."""
@@ -60,10 +82,16 @@ class RedisKeys:
         """The remembered topics of a client id."""
         return f"{self.prefix}:session:{client_id}"
 
+    def all_sessions(self) -> str:
+        """A ``SCAN MATCH`` pattern of every session key (the prefix escaped)."""
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
+        return f"{escaped}:session:*"
 
-def encode_control(op: str, client_id: str, topics: t.Collection[str], node: str) -> bytes:
-    """A control message: ``op`` (subscribe, unsubscribe, disconnect) of a
-    client id, sent by process ``node``."""
+
+def encode_control(op: str, client_id: str | None, topics: t.Collection[str], node: str) -> bytes:
+    """A control message: ``op`` (subscribe, unsubscribe, disconnect, revoke)
+    of a client id (``None``: every client, for a revoke), sent by process
+    ``node``."""
     message = json.dumps({"op": op, "client": client_id, "topics": sorted(topics), "node": node})
     return b"C " + message.encode()
 

@@ -16,7 +16,7 @@ import typing as t
 import redis
 
 from ..exceptions import BackendError
-from ._redis_keys import RedisKeys, dump_topics, text
+from ._redis_keys import REVOKE_SCRIPT, RedisKeys, dump_topics, text
 from .base import logger
 
 if t.TYPE_CHECKING:
@@ -47,6 +47,7 @@ class RedisPresence:
         #: Serialises presence writes, so a write always reflects the hub's
         #: state at the time it is made (never held together with the hub's lock).
         self._lock = threading.Lock()
+        self._revoke_script = client.register_script(REVOKE_SCRIPT)
         #: Sessions of clients ended by shutdown, written in one go by :meth:`forget_process`.
         self._pending_sessions: list[tuple[str, frozenset[str]]] = []
 
@@ -69,6 +70,9 @@ class RedisPresence:
         self.write(client.id)
         if not self.hub.is_connected(client.id):
             self.remember(client.id, client.topics)
+
+    def client_revoked(self, client: SSEClient, topics: frozenset[str]) -> None:
+        self.write(client.id)
 
     # -- this process ---------------------------------------------------------
 
@@ -150,6 +154,28 @@ class RedisPresence:
                 self._redis.delete(self._keys.session(client_id))
         except redis.RedisError as e:
             logger.warning("could not update the session of client %r in Redis: %s", client_id, e)
+
+    def revoke_sessions(self, topic: str, keys: list[str] | None = None) -> None:
+        """Take ``topic`` out of the sessions named by ``keys``, or of every
+        session (a ``SCAN``, in batches).
+
+        :raises BackendError: Redis did not answer.
+        """
+        try:
+            if keys is not None:
+                if keys:
+                    self._revoke_script(keys=keys, args=[topic])
+                return
+            batch: list[str] = []
+            for key in self._redis.scan_iter(match=self._keys.all_sessions(), count=500):
+                batch.append(text(key))
+                if len(batch) >= 200:
+                    self._revoke_script(keys=batch, args=[topic])
+                    batch = []
+            if batch:
+                self._revoke_script(keys=batch, args=[topic])
+        except redis.RedisError as e:
+            raise _error(f"revoking {topic!r} from the sessions failed", e) from e
 
     # -- the cluster ----------------------------------------------------------
 

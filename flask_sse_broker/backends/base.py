@@ -11,7 +11,7 @@ connection itself. What a backend may use of the hub:
   ``hub.run_after_lock()`` once the lock is released;
 - client state of this process: ``hub.subscribe`` / ``hub.unsubscribe``
   (raise :exc:`ClientNotFound` for a client neither live nor remembered here),
-  ``hub.disconnect`` / ``hub.disconnect_all``, ``hub.topics_of``,
+  ``hub.revoke``, ``hub.disconnect`` / ``hub.disconnect_all``, ``hub.topics_of``,
   ``hub.snapshot()`` (client id -> topics), ``hub.client_count()``,
   ``hub.is_connected``, ``hub.clients_by_topic``, ``hub.recipient_count``;
 - ``hub.check_topic_count(topics)`` (raises :exc:`TooManyTopics`),
@@ -28,13 +28,15 @@ event its id, keeps the replay history, and hands every event to the hub of
 every process that may hold a recipient, in id order.
 
 **backplane** - :meth:`~Backend.subscribe`, :meth:`~Backend.unsubscribe`,
-:meth:`~Backend.disconnect`: a change to a client id applied wherever the client
+:meth:`~Backend.disconnect`, :meth:`~Backend.revoke`: a change to a client id
+(or, for a revoke, to every holder of a topic) applied wherever the client
 lives. The defaults apply it to this process's hub.
 
 **presence** - :meth:`~Backend.client_count`, :meth:`~Backend.clients_by_topic`,
 :meth:`~Backend.is_connected`, :meth:`~Backend.recall`, and the hooks
-:meth:`~Backend.client_opened` / :meth:`~Backend.client_closed` that the hub
-calls after its lock. The defaults answer for this process.
+:meth:`~Backend.client_opened` / :meth:`~Backend.client_closed` /
+:meth:`~Backend.client_revoked` that the hub calls after its lock. The
+defaults answer for this process.
 
 **lifecycle** - :meth:`~Backend.bind`, :meth:`~Backend.start`,
 :meth:`~Backend.close`, :meth:`~Backend.reset_after_fork`.
@@ -180,6 +182,15 @@ class Backend:
         session; return how many closed in this process."""
         return self.hub.disconnect(client_id)
 
+    def revoke(self, topic: str, client_id: str | None) -> int:
+        """Take the subscription ``topic`` (a validated topic or pattern, as
+        written) from a client, or from every client holding it when
+        ``client_id`` is ``None``, wherever they live, sessions included;
+        return how many clients live in this process lost it. Everything
+        published after this returns must miss them: a distributed backend
+        orders the revoke with its events. ``hub.revoke`` applies it here."""
+        return len(self.hub.revoke(topic, client_id)[0])
+
     # -- presence ------------------------------------------------------------
 
     def client_count(self) -> int:
@@ -187,7 +198,9 @@ class Backend:
         return self.hub.client_count()
 
     def clients_by_topic(self, topic: str) -> list[str]:
-        """Sorted ids of the clients subscribed to ``topic`` anywhere."""
+        """Sorted ids of the clients anywhere that an event on ``topic`` reaches
+        (through a plain topic or a pattern); for a pattern, the clients
+        holding that pattern as written."""
         return self.hub.clients_by_topic(topic)
 
     def is_connected(self, client_id: str) -> bool:
@@ -214,3 +227,7 @@ class Backend:
         are its topics at that time. Called by the hub after its lock, from
         whichever thread ended it (a request, a publisher whose event
         overflowed it, shutdown: ``hub.closing``); must not raise."""
+
+    def client_revoked(self, client: SSEClient, topics: frozenset[str]) -> None:
+        """A live client here lost ``topics`` to a revoke (``client.topics`` are
+        what it keeps). Called by the hub after its lock; must not raise."""

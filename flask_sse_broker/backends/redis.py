@@ -4,7 +4,7 @@ Selected by ``SSEConfig(redis_url=...)`` (``SSE_REDIS_URL``). The keys it
 writes are listed in ``_redis_keys.py``: a capped Redis Stream holds the
 history, and one pub/sub channel carries every event (``PUBLISH``\\ ed by the
 same Lua script that ``XADD``\\ s it, so channel order is id order) and the
-control messages (subscribe, unsubscribe, disconnect of a client id).
+control messages (subscribe, unsubscribe, disconnect of a client id, revoke).
 
 Each process holds one pub/sub connection, read by one listener thread (a
 greenlet under gevent; ``_redis_listener.py``), whatever the number of
@@ -26,6 +26,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .._topics import Subscriptions, is_pattern
 from ..exceptions import BackendError, BrokerUnavailable, ClientNotFound, TooManyTopics
 from ._redis_keys import ORIGIN, PUBLISH_SCRIPT, RedisKeys, encode_control, entry_envelope
 from ._redis_listener import RedisListener
@@ -252,7 +253,34 @@ class RedisBackend(Backend):
         self._publish_control("disconnect", client_id)
         return self.hub.disconnect(client_id)
 
-    def _publish_control(self, op: str, client_id: str, topics: t.Collection[str] = ()) -> None:
+    def revoke(self, topic: str, client_id: str | None) -> int:
+        """Take ``topic`` out of the sessions kept in Redis, then tell every
+        process (a control message, in order with the events: an event
+        published after this returns reaches no connection that lost the
+        topic, anywhere) and apply it here.
+
+        Sessions first, so that a reconnect elsewhere reading its session
+        after the clean-up cannot get the topic back; one reading it just
+        before is normally registered by the time the control message
+        reaches its process, which then revokes it there.
+        """
+        keys = None if client_id is None else [self._keys.session(client_id)]
+        self._presence.revoke_sessions(topic, keys)
+        self._publish_control("revoke", client_id, (topic,))
+        return self._revoke_here(topic, client_id)
+
+    def _revoke_here(self, topic: str, client_id: str | None) -> int:
+        """Apply a revoke to this process's hub, and to the Redis copies of
+        the sessions it changed (written by a client that left meanwhile)."""
+        clients, sessions = self.hub.revoke(topic, client_id)
+        if sessions:
+            try:
+                self._presence.revoke_sessions(topic, [self._keys.session(cid) for cid in sessions])
+            except BackendError as e:
+                logger.warning("revoke of %r: sessions in Redis not updated: %s", topic, e)
+        return len(clients)
+
+    def _publish_control(self, op: str, client_id: str | None, topics: t.Collection[str] = ()) -> None:
         try:
             self._redis.publish(self._keys.channel, encode_control(op, client_id, topics, self.node))
         except redis.RedisError as e:
@@ -265,6 +293,10 @@ class RedisBackend(Backend):
         client_id = message["client"]
         op = message["op"]
         hub = self.hub
+        if op == "revoke":
+            for topic in message["topics"]:
+                self._revoke_here(topic, client_id)
+            return
         try:
             if op == "subscribe":
                 hub.subscribe(client_id, message["topics"])
@@ -288,6 +320,9 @@ class RedisBackend(Backend):
     def client_closed(self, client: SSEClient) -> None:
         self._presence.client_closed(client)
 
+    def client_revoked(self, client: SSEClient, topics: frozenset[str]) -> None:
+        self._presence.client_revoked(client, topics)
+
     def recall(self, client_id: str) -> frozenset[str] | None:
         try:
             return self._presence.cluster_topics(client_id)
@@ -301,7 +336,10 @@ class RedisBackend(Backend):
         return len(self._presence.cluster_clients())
 
     def clients_by_topic(self, topic: str) -> list[str]:
-        return sorted(cid for cid, topics in self._presence.cluster_clients().items() if topic in topics)
+        clients = self._presence.cluster_clients().items()
+        if is_pattern(topic):  # its holders as written, as in process
+            return sorted(cid for cid, topics in clients if topic in topics)
+        return sorted(cid for cid, topics in clients if topic in Subscriptions(topics))
 
 
 def _error(what: str, error: Exception) -> BackendError:
