@@ -339,36 +339,38 @@ def only_worker(pid: int, workers: list[int]) -> t.Iterator[None]:
             os.kill(other, signal.SIGCONT)
 
 
-def test_gevent_two_workers_deliver_everything_published_from_either_worker(prefix: str) -> None:
-    with Server("gevent", config=redis_config(prefix), workers=2) as srv:
-        workers = _worker_pids(srv, 2)
-        readers: dict[int, list[tuple[EventReader, str]]] = {}
-        for pid in workers:
+def test_gevent_two_workers_deliver_everything_published_from_either_worker(
+    make_server: t.Callable[..., Server], prefix: str
+) -> None:
+    srv = make_server("gevent", config=redis_config(prefix), workers=2)
+    workers = _worker_pids(srv, 2)
+    readers: dict[int, list[tuple[EventReader, str]]] = {}
+    for pid in workers:
+        with only_worker(pid, workers):
+            for _ in range(2):
+                reader = EventReader(connect_url(srv, topics="t"))
+                readers.setdefault(pid, []).append((reader, reader.connected()["clientId"]))
+            assert set(srv.state()["clients"]) == {cid for _, cid in readers[pid]}
+    published: list[tuple[str, str | None, dict[str, int]]] = []
+    for pid in workers:
+        other = next(w for w in workers if w != pid)
+        bodies = [
+            {"kind": "all"},
+            {"kind": "topic", "topic": "t"},
+            {"kind": "client", "client_id": readers[other][0][1]},
+        ]
+        for body in bodies:
+            data = {"n": len(published), "from": pid}
             with only_worker(pid, workers):
-                for _ in range(2):
-                    reader = EventReader(connect_url(srv, topics="t"))
-                    readers.setdefault(pid, []).append((reader, reader.connected()["clientId"]))
-                assert set(srv.state()["clients"]) == {cid for _, cid in readers[pid]}
-        published: list[tuple[str, str | None, dict[str, int]]] = []
-        for pid in workers:
-            other = next(w for w in workers if w != pid)
-            bodies = [
-                {"kind": "all"},
-                {"kind": "topic", "topic": "t"},
-                {"kind": "client", "client_id": readers[other][0][1]},
-            ]
-            for body in bodies:
-                data = {"n": len(published), "from": pid}
-                with only_worker(pid, workers):
-                    status, answer = http_request("POST", srv.url("/test/publish"), {**body, "data": data})
-                assert status == 200 and json.loads(answer)["pid"] == pid, answer
-                published.append((body["kind"], body.get("client_id"), data))
-        for group in readers.values():
-            for reader, cid in group:
-                expected = [data for kind, target, data in published if kind != "client" or target == cid]
-                assert [e.json() for e in reader.take(len(expected))] == expected
-                assert reader.drain(0.2) == []
-                reader.close()
+                status, answer = http_request("POST", srv.url("/test/publish"), {**body, "data": data})
+            assert status == 200 and json.loads(answer)["pid"] == pid, answer
+            published.append((body["kind"], body.get("client_id"), data))
+    for group in readers.values():
+        for reader, cid in group:
+            expected = [data for kind, target, data in published if kind != "client" or target == cid]
+            assert [e.json() for e in reader.take(len(expected))] == expected
+            assert reader.drain(0.2) == []
+            reader.close()
 
 
 PUBLISHER_SCRIPT = """
@@ -396,128 +398,130 @@ def run_publisher(prefix: str, spec: list[dict[str, t.Any]], url: str = SHARED_U
     return out.stdout.decode().strip()
 
 
-def test_two_hosts_and_a_script_publisher_lose_nothing_across_hosts(prefix: str) -> None:
-    with (
-        Server("gthread", config=redis_config(prefix)) as one,
-        Server("werkzeug", config=redis_config(prefix)) as two,
-    ):
-        a = EventReader(connect_url(one, topics="orders"))
-        b = EventReader(connect_url(two, topics="orders"))
-        hello_a, hello_b = a.connected(), b.connected()
-        run_publisher(prefix, [{"kind": "topic", "topic": "orders", "data": i} for i in range(10)])
-        assert [e.json() for e in a.take(10)] == list(range(10))
-        assert [e.json() for e in b.take(10)] == list(range(10))
-        last = a.last_event_id
-        a.close()
-        run_publisher(
-            prefix,
-            [{"kind": "topic", "topic": "orders", "data": i} for i in range(10, 15)]
-            + [
-                {"kind": "client", "client_id": hello_a["clientId"], "data": "direct"},
-                {"kind": "all", "data": "all"},
-            ],
-        )
-        # A comes back on the other host, with its token and last id only.
-        resumed = EventReader(connect_url(two, token=hello_a["token"]), headers={"Last-Event-ID": last})
-        hello = resumed.connected()
-        assert hello["clientId"] == hello_a["clientId"] and hello["topics"] == ["orders"]
-        assert [e.json() for e in resumed.take(7)] == [*range(10, 15), "direct", "all"]
-        assert [e.json() for e in b.take(6)] == [*range(10, 15), "all"]
-        assert hello_b["clientId"] != hello["clientId"]
-        resumed.close()
-        b.close()
+def test_two_hosts_and_a_script_publisher_lose_nothing_across_hosts(
+    make_server: t.Callable[..., Server], prefix: str
+) -> None:
+    one = make_server("gthread", config=redis_config(prefix))
+    two = make_server("werkzeug", config=redis_config(prefix))
+    a = EventReader(connect_url(one, topics="orders"))
+    b = EventReader(connect_url(two, topics="orders"))
+    hello_a, hello_b = a.connected(), b.connected()
+    run_publisher(prefix, [{"kind": "topic", "topic": "orders", "data": i} for i in range(10)])
+    assert [e.json() for e in a.take(10)] == list(range(10))
+    assert [e.json() for e in b.take(10)] == list(range(10))
+    last = a.last_event_id
+    a.close()
+    run_publisher(
+        prefix,
+        [{"kind": "topic", "topic": "orders", "data": i} for i in range(10, 15)]
+        + [
+            {"kind": "client", "client_id": hello_a["clientId"], "data": "direct"},
+            {"kind": "all", "data": "all"},
+        ],
+    )
+    # A comes back on the other host, with its token and last id only.
+    resumed = EventReader(connect_url(two, token=hello_a["token"]), headers={"Last-Event-ID": last})
+    hello = resumed.connected()
+    assert hello["clientId"] == hello_a["clientId"] and hello["topics"] == ["orders"]
+    assert [e.json() for e in resumed.take(7)] == [*range(10, 15), "direct", "all"]
+    assert [e.json() for e in b.take(6)] == [*range(10, 15), "all"]
+    assert hello_b["clientId"] != hello["clientId"]
+    resumed.close()
+    b.close()
 
 
-def test_subscribe_in_one_process_for_a_client_in_another_takes_effect(prefix: str) -> None:
-    with (
-        Server("gthread", config=redis_config(prefix)) as one,
-        Server("gthread", config=redis_config(prefix)) as two,
-    ):
-        b = EventReader(connect_url(two))
-        hello = b.connected()
-        # Server-side, from process 1's code:
-        assert one.post("/test/subscribe", {"client_id": hello["clientId"], "topics": ["news"]})[
-            "topics"
-        ] == ["news"]
-        one.publish("news", "from one")
-        assert b.next().json() == "from one"
-        # Over HTTP, the browser's subscribe request landing on the other process:
-        assert one.post("/_sse/subscribe", {"token": hello["token"], "topics": ["sport"]})["topics"] == [
-            "news",
-            "sport",
-        ]
-        run_publisher(prefix, [{"kind": "topic", "topic": "sport", "data": "goal"}])
-        assert b.next().json() == "goal"
-        assert one.post("/_sse/unsubscribe", {"token": hello["token"], "topics": ["news"]})["topics"] == [
-            "sport"
-        ]
-        one.publish("news", "not for b")
-        one.publish("sport", "for b")
-        assert b.next().json() == "for b"
-        b.close()
+def test_subscribe_in_one_process_for_a_client_in_another_takes_effect(
+    make_server: t.Callable[..., Server], prefix: str
+) -> None:
+    one = make_server("gthread", config=redis_config(prefix))
+    two = make_server("gthread", config=redis_config(prefix))
+    b = EventReader(connect_url(two))
+    hello = b.connected()
+    # Server-side, from process 1's code:
+    assert one.post("/test/subscribe", {"client_id": hello["clientId"], "topics": ["news"]})["topics"] == [
+        "news"
+    ]
+    one.publish("news", "from one")
+    assert b.next().json() == "from one"
+    # Over HTTP, the browser's subscribe request landing on the other process:
+    assert one.post("/_sse/subscribe", {"token": hello["token"], "topics": ["sport"]})["topics"] == [
+        "news",
+        "sport",
+    ]
+    run_publisher(prefix, [{"kind": "topic", "topic": "sport", "data": "goal"}])
+    assert b.next().json() == "goal"
+    assert one.post("/_sse/unsubscribe", {"token": hello["token"], "topics": ["news"]})["topics"] == ["sport"]
+    one.publish("news", "not for b")
+    one.publish("sport", "for b")
+    assert b.next().json() == "for b"
+    b.close()
 
 
 @requires_redis_server
-def test_redis_killed_and_restarted_mid_stream(prefix: str, private_redis: RedisServer) -> None:
+def test_redis_killed_and_restarted_mid_stream(
+    make_server: t.Callable[..., Server], prefix: str, private_redis: RedisServer
+) -> None:
     config = redis_config(prefix, private_redis.url)
-    with Server("gevent", config=config) as srv:
-        reader = EventReader(connect_url(srv, topics="t"))
-        reader.connected()
-        srv.publish("t", "before")
-        assert reader.next().json() == "before"
-        private_redis.kill()
-        started = time.monotonic()
-        status, _ = http_request("POST", srv.url("/test/publish"), {"topic": "t", "data": "lost"}, timeout=15)
-        assert status == 500 and time.monotonic() - started < 5
-        beats = reader.heartbeats
-        wait_for(lambda: reader.heartbeats >= beats + 3, 10, what="heartbeats while Redis is down")
-        assert not reader.ended.is_set()
-        private_redis.start()
+    srv = make_server("gevent", config=config)
+    reader = EventReader(connect_url(srv, topics="t"))
+    reader.connected()
+    srv.publish("t", "before")
+    assert reader.next().json() == "before"
+    private_redis.kill()
+    started = time.monotonic()
+    status, _ = http_request("POST", srv.url("/test/publish"), {"topic": "t", "data": "lost"}, timeout=15)
+    assert status == 500 and time.monotonic() - started < 5
+    beats = reader.heartbeats
+    wait_for(lambda: reader.heartbeats >= beats + 3, 10, what="heartbeats while Redis is down")
+    assert not reader.ended.is_set()
+    private_redis.start()
 
-        def publish_ok() -> bool:
-            status, _ = http_request("POST", srv.url("/test/publish"), {"topic": "t", "data": "after"})
-            return status == 200
+    def publish_ok() -> bool:
+        status, _ = http_request("POST", srv.url("/test/publish"), {"topic": "t", "data": "after"})
+        return status == 200
 
-        wait_for(publish_ok, 20, 0.2, "publishing to work again")
-        assert reader.next(15).json() == "after"
-        wait_for(
-            lambda: "Redis listener reconnected" in srv.log_path.read_text(errors="replace"),
-            5,
-            what="the reconnection to be logged",
-        )
-        reader.close()
+    wait_for(publish_ok, 20, 0.2, "publishing to work again")
+    assert reader.next(15).json() == "after"
+    wait_for(
+        lambda: "Redis listener reconnected" in srv.log_path.read_text(errors="replace"),
+        5,
+        what="the reconnection to be logged",
+    )
+    reader.close()
 
 
-def test_500_clients_use_a_constant_small_number_of_redis_connections(prefix: str) -> None:
+def test_500_clients_use_a_constant_small_number_of_redis_connections(
+    make_server: t.Callable[..., Server], prefix: str
+) -> None:
     config = redis_config(prefix, SSE_MAX_CONNECTIONS=2000, SSE_HEARTBEAT_INTERVAL=5)
-    with Server("gevent", config=config) as srv:
-        pid = srv.state()["pid"]
-        socks: list[socket.socket] = []
-        counts = []
-        try:
-            for _batch in range(5):
-                for _ in range(100):
-                    s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
-                    s.sendall(b"GET /_sse/connect?topics=t HTTP/1.1\r\nHost: x\r\n\r\n")
-                    socks.append(s)
-                opened = len(socks)
-                wait_for(lambda: srv.state()["connections"] == opened, 60, 0.2, f"{opened} streams")  # noqa: B023
-                counts.append(len(_worker_connections(prefix, pid)))
-            srv.publish(None, "to all", kind="all")
-            wait_for(
-                lambda: srv.state()["counters"]["queued"] >= 500,
-                20,
-                0.2,
-                "the broadcast to reach 500 streams",
-            )
+    srv = make_server("gevent", config=config)
+    pid = srv.state()["pid"]
+    socks: list[socket.socket] = []
+    counts = []
+    try:
+        for _batch in range(5):
+            for _ in range(100):
+                s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
+                s.sendall(b"GET /_sse/connect?topics=t HTTP/1.1\r\nHost: x\r\n\r\n")
+                socks.append(s)
+            opened = len(socks)
+            wait_for(lambda: srv.state()["connections"] == opened, 60, 0.2, f"{opened} streams")  # noqa: B023
             counts.append(len(_worker_connections(prefix, pid)))
-        finally:
-            for s in socks:
-                s.close()
-        print("Redis connections of the worker after each 100 streams, then a broadcast:", counts)
-        # One pub/sub connection plus at most the command pool, however many clients.
-        assert max(counts) <= 1 + 8, counts
-        assert max(counts) - min(counts) <= 8, counts
+        srv.publish(None, "to all", kind="all")
+        wait_for(
+            lambda: srv.state()["counters"]["queued"] >= 500,
+            20,
+            0.2,
+            "the broadcast to reach 500 streams",
+        )
+        counts.append(len(_worker_connections(prefix, pid)))
+    finally:
+        for s in socks:
+            s.close()
+    print("Redis connections of the worker after each 100 streams, then a broadcast:", counts)
+    # One pub/sub connection plus at most the command pool, however many clients.
+    assert max(counts) <= 1 + 8, counts
+    assert max(counts) - min(counts) <= 8, counts
 
 
 def _worker_connections(prefix: str, pid: int) -> list[dict[str, t.Any]]:
