@@ -66,7 +66,7 @@ def test_retry_is_set_before_the_frame_ends() -> None:
     assert decoder.reconnection_time == 10
 
 
-@pytest.mark.parametrize("value", ["10x", "-5", "1.5", " 10", "", "١٠"])
+@pytest.mark.parametrize("value", ["10x", "-5", "1.5", " 10", "", "\u0661\u0660"])
 def test_retry_that_is_not_ascii_digits_is_ignored(value: str) -> None:
     decoder = EventDecoder()
     decoder.decode("retry: 100")
@@ -80,7 +80,7 @@ def test_a_retry_only_frame_yields_a_nameless_event() -> None:
 
 def test_iter_events_discards_the_unfinished_frame_of_its_decoder() -> None:
     decoder = EventDecoder()
-    assert list(iter_events([b"id: 1\ndata: a\n\nid: 2\ndata: b"], decoder))[0].data == "a"
+    assert [e.data for e in iter_events([b"id: 1\ndata: a\n\nid: 2\ndata: b"], decoder)] == ["a"]
     assert decoder.last_event_id == "1"
     assert [e.data for e in iter_events([b"data: c\n\n"], decoder)] == ["c"]
 
