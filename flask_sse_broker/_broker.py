@@ -18,6 +18,7 @@ import typing as t
 from . import signals
 from ._hub import Hub
 from ._process import ForkWatch, install_sigterm_handler, register_shutdown
+from ._socket import abort
 from ._wake import flush as flush_wakeups
 from ._wake import new_wake
 from ._wire import Audience, check_event_id
@@ -172,13 +173,27 @@ class SSEBroker:
 
         Each stream is sent a ``retry:`` hint and ended, so clients reconnect
         (to another worker, or to this one once it is back). Waits up to
-        ``timeout`` seconds for the servers to finish the streams.
+        ``timeout`` seconds for the servers to finish the streams: streams
+        already dropped (for overflow, or disconnected) have their socket shut
+        down at once, and those still writing after half of ``timeout`` too, so
+        a peer that stopped reading cannot hold the worker until
+        ``write_timeout`` or gunicorn's graceful timeout.
         """
         retry = self.config.retry + secrets.randbelow(self.config.retry + 1)
-        ended = self._hub.close_all(b"retry: %d\n\n" % retry)
+        hub = self._hub
+        # A stream already dropped (overflow, disconnect) whose last write is
+        # blocked by a peer that stopped reading would hold its worker until
+        # write_timeout: only shutting its socket down ends that write.
+        dropped = hub.unfinished(dropped=True)
+        ended = hub.close_all(b"retry: %d\n\n" % retry)
         self._stop.set()
-        if ended and timeout > 0:
-            self._hub.drained.wait(timeout)
+        for conn in dropped:
+            abort(conn._peer)
+        if timeout > 0 and not hub.drained.wait(timeout / 2):
+            # Registered streams still blocked writing their final frame.
+            for conn in hub.unfinished():
+                abort(conn._peer)
+            hub.drained.wait(timeout / 2)
         try:
             self.backend.close()
         except Exception:  # pragma: no cover - best effort at exit

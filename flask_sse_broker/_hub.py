@@ -86,7 +86,10 @@ class Hub:
         )
         #: Shutting down: no stream opens any more.
         self.closing = False
-        self._open_streams = 0
+        #: Every connection whose stream has not finished, registered or not:
+        #: one dropped for overflow (or disconnected) stays here while its
+        #: last write is blocked in the kernel, so shutdown can still end it.
+        self._streams: set[SSEConnection] = set()
         #: Set by a delivery that left some queue more than half full; the
         #: publisher reads and clears it.
         self.pressure = False
@@ -161,7 +164,7 @@ class Hub:
             conn = SSEConnection(client, self.lock, self.release, wake)
             client._connections.append(conn)
             self._connections.add(conn)
-            self._open_streams += 1
+            self._streams.add(conn)
             self.counters["connections_opened"] += 1
             self._index_locked((conn,), merged)
             client._topics = merged
@@ -183,8 +186,8 @@ class Hub:
     def _finish_locked(self, conn: SSEConnection) -> None:
         if not conn._finished:
             conn._finished = True
-            self._open_streams -= 1
-            if self.closing and not self._open_streams:
+            self._streams.discard(conn)
+            if self.closing and not self._streams:
                 self.drained.set()
 
     def _detach_locked(self, conn: SSEConnection, final: bytes | None = None) -> None:
@@ -234,10 +237,19 @@ class Hub:
             connections = list(self._connections)
             for conn in connections:
                 self._detach_locked(conn, final)
-            if not self._open_streams:
+            if not self._streams:
                 self.drained.set()
         self.run_after_lock()
         return len(connections)
+
+    def unfinished(self, *, dropped: bool = False) -> list[SSEConnection]:
+        """The connections whose stream has not ended yet: registered or
+        already dropped while their server is still writing to them; with
+        ``dropped``, only the latter."""
+        with self.lock:
+            if dropped:
+                return [conn for conn in self._streams if conn not in self._connections]
+            return list(self._streams)
 
     # -- topics and sessions --------------------------------------------------
 
@@ -462,7 +474,7 @@ class Hub:
             state: dict[str, t.Any] = {
                 "clients": sorted(self._clients),
                 "connections": len(self._connections),
-                "open_streams": self._open_streams,
+                "open_streams": len(self._streams),
                 "topics": {topic: len(members) for topic, members in self._topics.items()},
                 "queued": [len(c._queue) for c in self._connections],
                 "sessions": {cid: sorted(topics) for cid, (topics, _) in self._sessions.items()},
