@@ -26,7 +26,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..exceptions import BackendError, BrokerUnavailable, ClientNotFound, TooManyTopics
+from ..exceptions import BackendError, BrokerUnavailable, ClientNotFound, InvalidEventId, TooManyTopics
 from ._redis_keys import ORIGIN, PUBLISH_SCRIPT, RedisKeys, encode_control, entry_envelope
 from ._redis_listener import RedisListener
 from ._redis_presence import RedisPresence
@@ -188,8 +188,14 @@ class RedisBackend(Backend):
                 if cursor is not None:
                     pipe.xrange(self._keys.stream, min=cursor, max="+")
                 results = pipe.execute()
-        except redis.RedisError as e:
+        except (redis.ConnectionError, redis.TimeoutError) as e:
             raise BrokerUnavailable(f"Redis is unreachable: {e}", retry_after=5) from e
+        except redis.ResponseError as e:
+            # The broker checks ids to Redis's range first; should Redis still
+            # refuse the cursor, that is the client's error, not an outage.
+            if cursor is not None and "stream id" in str(e).lower():
+                raise InvalidEventId(cursor) from e
+            raise _error("reading the history failed", e) from e
         head = results[0].decode() if results[0] is not None else ORIGIN
         if cursor is None or cursor == head:
             return Replay(cursor=head)  # nothing missed, even with no history
