@@ -79,10 +79,21 @@ class Hub:
         self._clients: dict[str, SSEClient] = {}
         self._connections: set[SSEConnection] = set()
         self._topics: dict[str, set[SSEConnection]] = {}
-        #: client id -> (topics, expiry) of clients whose last connection ended.
+        #: client id -> (topics, expiry) of clients whose last connection
+        #: ended, oldest first (insertion order is eviction order).
         self._sessions: dict[str, tuple[frozenset[str], float]] = {}
+        #: What the sessions hold, as counted against ``max_session_bytes``.
+        self._session_bytes = 0
         self.counters = dict.fromkeys(
-            ("published", "queued", "dropped", "overflow_disconnects", "connections_opened"), 0
+            (
+                "published",
+                "queued",
+                "dropped",
+                "overflow_disconnects",
+                "connections_opened",
+                "sessions_evicted",
+            ),
+            0,
         )
         #: Shutting down: no stream opens any more.
         self.closing = False
@@ -160,7 +171,7 @@ class Hub:
             merged = self.check_topic_count(client._topics | topics)
             if first:
                 self._clients[client_id] = client
-                self._sessions.pop(client_id, None)
+                self._forget_session_locked(client_id)
             conn = SSEConnection(client, self.lock, self.release, wake)
             client._connections.append(conn)
             self._connections.add(conn)
@@ -205,9 +216,8 @@ class Hub:
             return
         del self._clients[client.id]
         if self.config.session_ttl > 0 and client._topics:
-            self._sessions[client.id] = (
-                frozenset(client._topics),
-                time.monotonic() + self.config.session_ttl,
+            self._remember_locked(
+                client.id, frozenset(client._topics), time.monotonic() + self.config.session_ttl
             )
         self._after_lock.append((self._client_closed, client))
 
@@ -216,7 +226,7 @@ class Hub:
         session; return how many closed."""
         with self.lock:
             client = self._clients.get(client_id)
-            self._sessions.pop(client_id, None)
+            self._forget_session_locked(client_id)
             connections = list(client._connections) if client is not None else []
             for conn in connections:
                 self._detach_locked(conn)
@@ -295,8 +305,33 @@ class Hub:
             raise ClientNotFound(client_id)
         current, expiry = session
         updated = current | frozenset(topics) if add else current - frozenset(topics)
-        self._sessions[client_id] = (self.check_topic_count(updated), expiry)
+        self._remember_locked(client_id, self.check_topic_count(updated), expiry)
         return updated
+
+    def _remember_locked(self, client_id: str, topics: frozenset[str], expiry: float) -> None:
+        """Keep a session as the newest, then forget the oldest ones while
+        over ``max_sessions`` or ``max_session_bytes``."""
+        self._forget_session_locked(client_id)
+        size = _session_size(client_id, topics)
+        max_count = self.config.max_sessions
+        max_bytes = self.config.max_session_bytes
+        sessions = self._sessions
+        if (max_bytes is not None and size > max_bytes) or max_count == 0:
+            # Larger than the whole budget: keeping it would evict every other.
+            self.counters["sessions_evicted"] += 1
+            return
+        sessions[client_id] = (topics, expiry)
+        self._session_bytes += size
+        while (max_count is not None and len(sessions) > max_count) or (
+            max_bytes is not None and self._session_bytes > max_bytes
+        ):
+            self._forget_session_locked(next(iter(sessions)))
+            self.counters["sessions_evicted"] += 1
+
+    def _forget_session_locked(self, client_id: str) -> None:
+        session = self._sessions.pop(client_id, None)
+        if session is not None:
+            self._session_bytes -= _session_size(client_id, session[0])
 
     def _index_locked(self, connections: t.Iterable[SSEConnection], topics: t.Iterable[str]) -> None:
         """Make ``connections`` recipients of ``topics`` in the topic index."""
@@ -428,7 +463,7 @@ class Hub:
                         conn._wake.set()
             expired = [cid for cid, (_, expiry) in self._sessions.items() if expiry <= now]
             for cid in expired:
-                del self._sessions[cid]
+                self._forget_session_locked(cid)
 
     # -- queries --------------------------------------------------------------
 
@@ -462,6 +497,7 @@ class Hub:
                 connections=len(self._connections),
                 topics=len(self._topics),
                 sessions=len(self._sessions),
+                session_bytes=self._session_bytes,
                 queued_now=sum(len(c._queue) for c in self._connections),
                 closing=self.closing,
             )
@@ -488,3 +524,8 @@ class Hub:
                     "finished": conn._finished,
                 }
         return state
+
+
+def _session_size(client_id: str, topics: frozenset[str]) -> int:
+    """What a session counts against ``max_session_bytes``: its names' UTF-8."""
+    return len(client_id.encode()) + sum(len(topic.encode()) for topic in topics)
