@@ -37,6 +37,8 @@ _SESSION_SWEEP = 5.0
 
 #: The longest ``Last-Event-ID`` or client id accepted before any parsing.
 MAX_ID_LENGTH = 256
+#: The longest idempotency key a publisher may pass (it names a Redis key).
+_MAX_KEY_LENGTH = 256
 
 
 class SSEBroker:
@@ -339,26 +341,43 @@ class SSEBroker:
 
     # -- publishing ----------------------------------------------------------
 
-    def send(self, client_id: str, data: t.Any, **fields: t.Any) -> int:
+    def send(
+        self, client_id: str, data: t.Any, *, idempotency_key: str | None = None, **fields: t.Any
+    ) -> int:
         """Send to every connection of one client (and to its replay history).
 
         ``data`` is an :class:`SSEEvent`, or any JSON-serialisable value with
         the event's other fields as keywords (``event=``, ``retry=``,
         ``raw=``). Returns the number of local connections it was queued for.
+
+        ``idempotency_key`` makes a retry safe: publishes with the same key
+        store and deliver the event once (with Redis, for
+        ``RedisBackend.idempotency_ttl`` seconds). Without one, the Redis
+        backend makes one per call; after :exc:`BackendError`, publish again
+        with ``idempotency_key=error.idempotency_key``.
         """
         if not isinstance(client_id, str):
             raise TypeError(f"client_id must be a str, not {type(client_id).__name__}")
-        return self._publish(Audience.CLIENT, client_id, data, fields)
+        return self._publish(Audience.CLIENT, client_id, data, fields, idempotency_key)
 
-    def broadcast(self, data: t.Any, **fields: t.Any) -> int:
+    def broadcast(self, data: t.Any, *, idempotency_key: str | None = None, **fields: t.Any) -> int:
         """Send to every connected client; arguments as for :meth:`send`."""
-        return self._publish(Audience.ALL, None, data, fields)
+        return self._publish(Audience.ALL, None, data, fields, idempotency_key)
 
-    def broadcast_to_topic(self, topic: str, data: t.Any, **fields: t.Any) -> int:
+    def broadcast_to_topic(
+        self, topic: str, data: t.Any, *, idempotency_key: str | None = None, **fields: t.Any
+    ) -> int:
         """Send to every client subscribed to ``topic``; arguments as for :meth:`send`."""
-        return self._publish(Audience.TOPIC, self.validate_topic(topic), data, fields)
+        return self._publish(Audience.TOPIC, self.validate_topic(topic), data, fields, idempotency_key)
 
-    def _publish(self, audience: Audience, target: str | None, data: t.Any, fields: dict[str, t.Any]) -> int:
+    def _publish(
+        self,
+        audience: Audience,
+        target: str | None,
+        data: t.Any,
+        fields: dict[str, t.Any],
+        idempotency_key: str | None = None,
+    ) -> int:
         if isinstance(data, SSEEvent):
             if fields:
                 raise TypeError("set the fields on the SSEEvent, not as keywords, when passing one")
@@ -370,7 +389,13 @@ class SSEBroker:
             raise EventTooLarge(len(body), self.config.max_event_bytes)
         self._check_fork()
         hub = self._hub
-        queued = self.backend.publish(audience, target, body)
+        if idempotency_key is None:
+            queued = self.backend.publish(audience, target, body)
+        else:
+            if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= _MAX_KEY_LENGTH:
+                raise ValueError(f"idempotency_key must be a str of 1 to {_MAX_KEY_LENGTH} characters")
+            # Only then, so a backend written before the keyword still works.
+            queued = self.backend.publish(audience, target, body, idempotency_key=idempotency_key)
         hub.run_after_lock()
         if hub.pressure:
             # A recipient is falling behind: let the streams run before the
