@@ -35,10 +35,8 @@ logger = logging.getLogger("flask_sse_broker")
 #: Seconds between sweeps of expired sessions when heartbeats are off.
 _SESSION_SWEEP = 5.0
 
-#: The longest ``Last-Event-ID`` or client id accepted before any parsing.
+#: The longest ``Last-Event-ID``, client id or idempotency key accepted.
 MAX_ID_LENGTH = 256
-#: The longest idempotency key a publisher may pass (it names a Redis key).
-_MAX_KEY_LENGTH = 256
 
 
 class SSEBroker:
@@ -175,17 +173,14 @@ class SSEBroker:
 
         Each stream is sent a ``retry:`` hint and ended, so clients reconnect
         (to another worker, or to this one once it is back). Waits up to
-        ``timeout`` seconds for the servers to finish the streams: streams
-        already dropped (for overflow, or disconnected) have their socket shut
-        down at once, and those still writing after half of ``timeout`` too, so
-        a peer that stopped reading cannot hold the worker until
-        ``write_timeout`` or gunicorn's graceful timeout.
+        ``timeout`` seconds for the servers to finish the streams; the sockets
+        of streams still writing after half of it are shut down.
         """
         retry = self.config.retry + secrets.randbelow(self.config.retry + 1)
         hub = self._hub
-        # A stream already dropped (overflow, disconnect) whose last write is
-        # blocked by a peer that stopped reading would hold its worker until
-        # write_timeout: only shutting its socket down ends that write.
+        # A stream dropped earlier (overflow, disconnect) whose write is blocked
+        # by a peer that stopped reading holds its worker until write_timeout:
+        # only shutting its socket down ends that write.
         dropped = hub.unfinished(dropped=True)
         ended = hub.close_all(b"retry: %d\n\n" % retry)
         self._stop.set()
@@ -350,11 +345,9 @@ class SSEBroker:
         the event's other fields as keywords (``event=``, ``retry=``,
         ``raw=``). Returns the number of local connections it was queued for.
 
-        ``idempotency_key`` makes a retry safe: publishes with the same key
-        store and deliver the event once (with Redis, for
-        ``RedisBackend.idempotency_ttl`` seconds). Without one, the Redis
-        backend makes one per call; after :exc:`BackendError`, publish again
-        with ``idempotency_key=error.idempotency_key``.
+        Publishes with the same ``idempotency_key`` store and deliver the
+        event once: after :exc:`BackendError`, publish again with
+        ``idempotency_key=error.idempotency_key`` (see docs/reliability.rst).
         """
         if not isinstance(client_id, str):
             raise TypeError(f"client_id must be a str, not {type(client_id).__name__}")
@@ -371,12 +364,7 @@ class SSEBroker:
         return self._publish(Audience.TOPIC, self.validate_topic(topic), data, fields, idempotency_key)
 
     def _publish(
-        self,
-        audience: Audience,
-        target: str | None,
-        data: t.Any,
-        fields: dict[str, t.Any],
-        idempotency_key: str | None = None,
+        self, audience: Audience, target: str | None, data: t.Any, fields: dict[str, t.Any], key: str | None
     ) -> int:
         if isinstance(data, SSEEvent):
             if fields:
@@ -389,13 +377,12 @@ class SSEBroker:
             raise EventTooLarge(len(body), self.config.max_event_bytes)
         self._check_fork()
         hub = self._hub
-        if idempotency_key is None:
+        if key is None:
             queued = self.backend.publish(audience, target, body)
-        else:
-            if not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= _MAX_KEY_LENGTH:
-                raise ValueError(f"idempotency_key must be a str of 1 to {_MAX_KEY_LENGTH} characters")
-            # Only then, so a backend written before the keyword still works.
-            queued = self.backend.publish(audience, target, body, idempotency_key=idempotency_key)
+        else:  # passed only when given, so a backend written before it still works
+            if not isinstance(key, str) or not 0 < len(key) <= MAX_ID_LENGTH:
+                raise ValueError(f"idempotency_key must be a str of 1 to {MAX_ID_LENGTH} characters")
+            queued = self.backend.publish(audience, target, body, idempotency_key=key)
         hub.run_after_lock()
         if hub.pressure:
             # A recipient is falling behind: let the streams run before the

@@ -26,6 +26,7 @@ import typing as t
 from collections import deque
 
 from ._connection import SSEClient, SSEConnection
+from ._sessions import Sessions
 from ._wire import HEARTBEAT_FRAME, Audience, Envelope
 from .exceptions import BrokerUnavailable, ClientNotFound, TooManyConnections, TooManyTopics
 
@@ -79,21 +80,10 @@ class Hub:
         self._clients: dict[str, SSEClient] = {}
         self._connections: set[SSEConnection] = set()
         self._topics: dict[str, set[SSEConnection]] = {}
-        #: client id -> (topics, expiry) of clients whose last connection
-        #: ended, oldest first (insertion order is eviction order).
-        self._sessions: dict[str, tuple[frozenset[str], float]] = {}
-        #: What the sessions hold, as counted against ``max_session_bytes``.
-        self._session_bytes = 0
+        #: The topics of clients whose last connection ended, bounded.
+        self._sessions = Sessions()
         self.counters = dict.fromkeys(
-            (
-                "published",
-                "queued",
-                "dropped",
-                "overflow_disconnects",
-                "connections_opened",
-                "sessions_evicted",
-            ),
-            0,
+            ("published", "queued", "dropped", "overflow_disconnects", "connections_opened"), 0
         )
         #: Shutting down: no stream opens any more.
         self.closing = False
@@ -171,7 +161,7 @@ class Hub:
             merged = self.check_topic_count(client._topics | topics)
             if first:
                 self._clients[client_id] = client
-                self._forget_session_locked(client_id)
+                self._sessions.forget(client_id)
             conn = SSEConnection(client, self.lock, self.release, wake)
             client._connections.append(conn)
             self._connections.add(conn)
@@ -226,7 +216,7 @@ class Hub:
         session; return how many closed."""
         with self.lock:
             client = self._clients.get(client_id)
-            self._forget_session_locked(client_id)
+            self._sessions.forget(client_id)
             connections = list(client._connections) if client is not None else []
             for conn in connections:
                 self._detach_locked(conn)
@@ -309,29 +299,8 @@ class Hub:
         return updated
 
     def _remember_locked(self, client_id: str, topics: frozenset[str], expiry: float) -> None:
-        """Keep a session as the newest, then forget the oldest ones while
-        over ``max_sessions`` or ``max_session_bytes``."""
-        self._forget_session_locked(client_id)
-        size = _session_size(client_id, topics)
-        max_count = self.config.max_sessions
-        max_bytes = self.config.max_session_bytes
-        sessions = self._sessions
-        if (max_bytes is not None and size > max_bytes) or max_count == 0:
-            # Larger than the whole budget: keeping it would evict every other.
-            self.counters["sessions_evicted"] += 1
-            return
-        sessions[client_id] = (topics, expiry)
-        self._session_bytes += size
-        while (max_count is not None and len(sessions) > max_count) or (
-            max_bytes is not None and self._session_bytes > max_bytes
-        ):
-            self._forget_session_locked(next(iter(sessions)))
-            self.counters["sessions_evicted"] += 1
-
-    def _forget_session_locked(self, client_id: str) -> None:
-        session = self._sessions.pop(client_id, None)
-        if session is not None:
-            self._session_bytes -= _session_size(client_id, session[0])
+        config = self.config
+        self._sessions.remember(client_id, topics, expiry, config.max_sessions, config.max_session_bytes)
 
     def _index_locked(self, connections: t.Iterable[SSEConnection], topics: t.Iterable[str]) -> None:
         """Make ``connections`` recipients of ``topics`` in the topic index."""
@@ -461,9 +430,7 @@ class Hub:
                     if conn._waiting:
                         conn._waiting = False
                         conn._wake.set()
-            expired = [cid for cid, (_, expiry) in self._sessions.items() if expiry <= now]
-            for cid in expired:
-                self._forget_session_locked(cid)
+            self._sessions.expire(now)
 
     # -- queries --------------------------------------------------------------
 
@@ -497,7 +464,8 @@ class Hub:
                 connections=len(self._connections),
                 topics=len(self._topics),
                 sessions=len(self._sessions),
-                session_bytes=self._session_bytes,
+                session_bytes=self._sessions.bytes,
+                sessions_evicted=self._sessions.evicted,
                 queued_now=sum(len(c._queue) for c in self._connections),
                 closing=self.closing,
             )
@@ -524,8 +492,3 @@ class Hub:
                     "finished": conn._finished,
                 }
         return state
-
-
-def _session_size(client_id: str, topics: frozenset[str]) -> int:
-    """What a session counts against ``max_session_bytes``: its names' UTF-8."""
-    return len(client_id.encode()) + sum(len(topic.encode()) for topic in topics)
