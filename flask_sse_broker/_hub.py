@@ -87,10 +87,11 @@ class Hub:
         )
         #: Shutting down: no stream opens any more.
         self.closing = False
-        #: Every connection whose stream has not finished, registered or not:
-        #: one dropped for overflow (or disconnected) stays here while its
-        #: last write is blocked in the kernel, so shutdown can still end it.
-        self._streams: set[SSEConnection] = set()
+        self._open_streams = 0
+        #: Connections dropped (overflow, disconnect, shutdown) whose stream
+        #: has not finished: the server may be blocked writing to a peer that
+        #: stopped reading, and only shutting the socket down ends that.
+        self._dropped: set[SSEConnection] = set()
         #: Set by a delivery that left some queue more than half full; the
         #: publisher reads and clears it.
         self.pressure = False
@@ -165,7 +166,7 @@ class Hub:
             conn = SSEConnection(client, self.lock, self.release, wake)
             client._connections.append(conn)
             self._connections.add(conn)
-            self._streams.add(conn)
+            self._open_streams += 1
             self.counters["connections_opened"] += 1
             self._index_locked((conn,), merged)
             client._topics = merged
@@ -187,8 +188,9 @@ class Hub:
     def _finish_locked(self, conn: SSEConnection) -> None:
         if not conn._finished:
             conn._finished = True
-            self._streams.discard(conn)
-            if self.closing and not self._streams:
+            self._open_streams -= 1
+            self._dropped.discard(conn)
+            if self.closing and not self._open_streams:
                 self.drained.set()
 
     def _detach_locked(self, conn: SSEConnection, final: bytes | None = None) -> None:
@@ -197,6 +199,8 @@ class Hub:
         if conn._released:
             return
         conn._released = True
+        if not conn._finished:
+            self._dropped.add(conn)
         conn._close_locked(final)
         self._connections.discard(conn)
         client = conn.client
@@ -237,7 +241,7 @@ class Hub:
             connections = list(self._connections)
             for conn in connections:
                 self._detach_locked(conn, final)
-            if not self._streams:
+            if not self._open_streams:
                 self.drained.set()
         self.run_after_lock()
         return len(connections)
@@ -248,8 +252,8 @@ class Hub:
         ``dropped``, only the latter."""
         with self.lock:
             if dropped:
-                return [conn for conn in self._streams if conn not in self._connections]
-            return list(self._streams)
+                return list(self._dropped)
+            return [*self._connections, *self._dropped]
 
     # -- topics and sessions --------------------------------------------------
 
@@ -478,7 +482,7 @@ class Hub:
             state: dict[str, t.Any] = {
                 "clients": sorted(self._clients),
                 "connections": len(self._connections),
-                "open_streams": len(self._streams),
+                "open_streams": self._open_streams,
                 "topics": {topic: len(members) for topic, members in self._topics.items()},
                 "queued": [len(c._queue) for c in self._connections],
                 "sessions": {cid: sorted(topics) for cid, (topics, _) in self._sessions.items()},
