@@ -18,6 +18,7 @@ import typing as t
 from . import signals
 from ._hub import Hub
 from ._process import ForkWatch, install_sigterm_handler, register_shutdown
+from ._socket import abort
 from ._topics import Subscriptions, check_publish_topic, check_topic
 from ._wake import flush as flush_wakeups
 from ._wake import new_wake
@@ -35,7 +36,7 @@ logger = logging.getLogger("flask_sse_broker")
 #: Seconds between sweeps of expired sessions when heartbeats are off.
 _SESSION_SWEEP = 5.0
 
-#: The longest ``Last-Event-ID`` or client id accepted before any parsing.
+#: The longest ``Last-Event-ID``, client id or idempotency key accepted.
 MAX_ID_LENGTH = 256
 
 
@@ -173,13 +174,24 @@ class SSEBroker:
 
         Each stream is sent a ``retry:`` hint and ended, so clients reconnect
         (to another worker, or to this one once it is back). Waits up to
-        ``timeout`` seconds for the servers to finish the streams.
+        ``timeout`` seconds for the servers to finish the streams; the sockets
+        of streams still writing after half of it are shut down.
         """
         retry = self.config.retry + secrets.randbelow(self.config.retry + 1)
-        ended = self._hub.close_all(b"retry: %d\n\n" % retry)
+        hub = self._hub
+        # A stream dropped earlier (overflow, disconnect) whose write is blocked
+        # by a peer that stopped reading holds its worker until write_timeout:
+        # only shutting its socket down ends that write.
+        dropped = hub.unfinished(dropped=True)
+        ended = hub.close_all(b"retry: %d\n\n" % retry)
         self._stop.set()
-        if ended and timeout > 0:
-            self._hub.drained.wait(timeout)
+        for conn in dropped:
+            abort(conn._peer)
+        if timeout > 0 and not hub.drained.wait(timeout / 2):
+            # Registered streams still blocked writing their final frame.
+            for conn in hub.unfinished():
+                abort(conn._peer)
+            hub.drained.wait(timeout / 2)
         try:
             self.backend.close()
         except Exception:  # pragma: no cover - best effort at exit
@@ -337,31 +349,41 @@ class SSEBroker:
 
     # -- publishing ----------------------------------------------------------
 
-    def send(self, client_id: str, data: t.Any, **fields: t.Any) -> int:
+    def send(
+        self, client_id: str, data: t.Any, *, idempotency_key: str | None = None, **fields: t.Any
+    ) -> int:
         """Send to every connection of one client (and to its replay history).
 
         ``data`` is an :class:`SSEEvent`, or any JSON-serialisable value with
         the event's other fields as keywords (``event=``, ``retry=``,
         ``raw=``). Returns the number of local connections it was queued for.
+
+        Publishes with the same ``idempotency_key`` store and deliver the
+        event once: after :exc:`BackendError`, publish again with
+        ``idempotency_key=error.idempotency_key`` (see docs/reliability.rst).
         """
         if not isinstance(client_id, str):
             raise TypeError(f"client_id must be a str, not {type(client_id).__name__}")
-        return self._publish(Audience.CLIENT, client_id, data, fields)
+        return self._publish(Audience.CLIENT, client_id, data, fields, idempotency_key)
 
-    def broadcast(self, data: t.Any, **fields: t.Any) -> int:
+    def broadcast(self, data: t.Any, *, idempotency_key: str | None = None, **fields: t.Any) -> int:
         """Send to every connected client; arguments as for :meth:`send`."""
-        return self._publish(Audience.ALL, None, data, fields)
+        return self._publish(Audience.ALL, None, data, fields, idempotency_key)
 
-    def broadcast_to_topic(self, topic: str, data: t.Any, **fields: t.Any) -> int:
+    def broadcast_to_topic(
+        self, topic: str, data: t.Any, *, idempotency_key: str | None = None, **fields: t.Any
+    ) -> int:
         """Send to every client subscribed to ``topic``, or to a pattern
         matching it; arguments as for :meth:`send`.
 
         :raises InvalidTopic: ``topic`` is invalid or a pattern.
         """
         topic = check_publish_topic(topic, self.config.max_topic_length)
-        return self._publish(Audience.TOPIC, topic, data, fields)
+        return self._publish(Audience.TOPIC, topic, data, fields, idempotency_key)
 
-    def _publish(self, audience: Audience, target: str | None, data: t.Any, fields: dict[str, t.Any]) -> int:
+    def _publish(
+        self, audience: Audience, target: str | None, data: t.Any, fields: dict[str, t.Any], key: str | None
+    ) -> int:
         if isinstance(data, SSEEvent):
             if fields:
                 raise TypeError("set the fields on the SSEEvent, not as keywords, when passing one")
@@ -373,7 +395,12 @@ class SSEBroker:
             raise EventTooLarge(len(body), self.config.max_event_bytes)
         self._check_fork()
         hub = self._hub
-        queued = self.backend.publish(audience, target, body)
+        if key is None:
+            queued = self.backend.publish(audience, target, body)
+        else:  # passed only when given, so a backend written before it still works
+            if not isinstance(key, str) or not 0 < len(key) <= MAX_ID_LENGTH:
+                raise ValueError(f"idempotency_key must be a str of 1 to {MAX_ID_LENGTH} characters")
+            queued = self.backend.publish(audience, target, body, idempotency_key=key)
         hub.run_after_lock()
         if hub.pressure:
             # A recipient is falling behind: let the streams run before the

@@ -69,19 +69,46 @@ class LineDecoder:
 
 
 class EventDecoder:
-    """Turn lines into :class:`ServerSentEvent` objects, as a browser would."""
+    """Turn lines into :class:`ServerSentEvent` objects, as a browser would.
 
-    def __init__(self) -> None:
+    Besides the frame being read, it holds the two values that a browser keeps
+    on the ``EventSource`` object and that outlive one stream, so a consumer
+    keeps one decoder across its reconnects:
+
+    * :attr:`last_event_id`, set when a frame is dispatched (a blank line),
+      whether or not the frame carried data: the spec sets "the last event ID
+      string" *before* it checks the data buffer, so ``id: 8`` followed by a
+      blank line moves the cursor although no event is shown, and an empty
+      ``id`` clears it;
+    * :attr:`reconnection_time`, set by a valid ``retry:`` field wherever it
+      stands, in a frame of its own or beside ``data``.
+
+    Like Chromium's parser, a new stream starts from the last event id rather
+    than from an empty buffer, so an event without ``id:`` after a reconnect
+    reports the id the stream resumed from.
+
+    :param last_event_id: the cursor to start from.
+    """
+
+    def __init__(self, last_event_id: str = "") -> None:
         self._event = ""
         self._data: list[str] = []
-        self._last_id = ""
         self._retry: int | None = None
+        self._last_id = self._id_buffer = _checked_id(last_event_id)
+        #: The last valid ``retry:`` value in milliseconds; ``None`` until one came.
+        self.reconnection_time: int | None = None
 
     @property
     def last_event_id(self) -> str:
+        """The id of the last dispatched frame: what a reconnect sends back."""
         return self._last_id
 
+    @last_event_id.setter
+    def last_event_id(self, value: str) -> None:
+        self._last_id = self._id_buffer = _checked_id(value)
+
     def decode(self, line: str) -> ServerSentEvent | None:
+        """Process one line; return the event a blank line dispatches, if any."""
         if not line:
             return self._dispatch()
         if line.startswith(":"):
@@ -95,12 +122,23 @@ class EventDecoder:
             self._data.append(value)
         elif name == "id":
             if "\0" not in value:
-                self._last_id = value
+                self._id_buffer = value
         elif name == "retry" and value.isascii() and value.isdigit():
-            self._retry = int(value)
+            self._retry = self.reconnection_time = int(value)
         return None
 
+    def end_of_stream(self) -> None:
+        """Discard the frame being read: the spec drops an unfinished frame at
+        the end of a stream, its ``id:`` included."""
+        self._event = ""
+        self._data = []
+        self._retry = None
+        self._id_buffer = self._last_id
+
     def _dispatch(self) -> ServerSentEvent | None:
+        # https://html.spec.whatwg.org/multipage/server-sent-events.html#dispatchMessage
+        # step 1 sets the last event id before step 2 looks at the data.
+        self._last_id = self._id_buffer
         retry, self._retry = self._retry, None
         if not self._data:
             self._event = ""
@@ -118,16 +156,35 @@ class EventDecoder:
         return event
 
 
-def iter_events(chunks: t.Iterable[bytes]) -> t.Iterator[ServerSentEvent]:
+def _checked_id(value: str) -> str:
+    # A decoded stream cannot produce these; a caller's cursor must not either,
+    # since it goes back in a header.
+    if "\0" in value or "\r" in value or "\n" in value:
+        raise ValueError(f"an event id cannot contain NUL, CR or LF: {value!r}")
+    return value
+
+
+def iter_events(
+    chunks: t.Iterable[bytes], decoder: EventDecoder | None = None
+) -> t.Iterator[ServerSentEvent]:
     """Decode an iterable of byte chunks into events.
 
     A frame that only sets ``retry`` yields an event with ``event == ""`` so a
     consumer can honour the hint; a browser would dispatch nothing for it.
+
+    :param decoder: the decoder to use, e.g. one kept across reconnects for its
+        :attr:`~EventDecoder.last_event_id` and
+        :attr:`~EventDecoder.reconnection_time`; a new one by default. When
+        the chunks end (or the iteration is closed), its unfinished frame is
+        discarded.
     """
     lines = LineDecoder()
-    events = EventDecoder()
-    for chunk in chunks:
-        for line in lines.feed(chunk):
-            event = events.decode(line)
-            if event is not None:
-                yield event
+    events = EventDecoder() if decoder is None else decoder
+    try:
+        for chunk in chunks:
+            for line in lines.feed(chunk):
+                event = events.decode(line)
+                if event is not None:
+                    yield event
+    finally:
+        events.end_of_stream()

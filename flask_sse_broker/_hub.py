@@ -26,6 +26,7 @@ import typing as t
 from collections import deque
 
 from ._connection import SSEClient, SSEConnection
+from ._sessions import Sessions
 from ._topics import TopicIndex, is_pattern
 from ._wire import HEARTBEAT_FRAME, Audience, Envelope, Frame, encode_body, frame, json_dumps
 from .exceptions import BrokerUnavailable, ClientNotFound, TooManyConnections, TooManyTopics
@@ -86,14 +87,18 @@ class Hub:
         self._connections: set[SSEConnection] = set()
         #: Subscription (a topic or a pattern, as written) -> its connections.
         self._topics: TopicIndex[SSEConnection] = TopicIndex()
-        #: client id -> (topics, expiry) of clients whose last connection ended.
-        self._sessions: dict[str, tuple[frozenset[str], float]] = {}
+        #: The topics of clients whose last connection ended, bounded.
+        self._sessions = Sessions()
         self.counters = dict.fromkeys(
             ("published", "queued", "dropped", "overflow_disconnects", "connections_opened"), 0
         )
         #: Shutting down: no stream opens any more.
         self.closing = False
         self._open_streams = 0
+        #: Connections dropped (overflow, disconnect, shutdown) whose stream
+        #: has not finished: the server may be blocked writing to a peer that
+        #: stopped reading, and only shutting the socket down ends that.
+        self._dropped: set[SSEConnection] = set()
         #: Set by a delivery that left some queue more than half full; the
         #: publisher reads and clears it.
         self.pressure = False
@@ -171,7 +176,7 @@ class Hub:
             merged = self.check_topic_count(client._topics | topics)
             if first:
                 self._clients[client_id] = client
-                self._sessions.pop(client_id, None)
+                self._sessions.forget(client_id)
             conn = SSEConnection(client, self.lock, self._release, wake)
             client._connections.append(conn)
             self._connections.add(conn)
@@ -198,6 +203,7 @@ class Hub:
         if not conn._finished:
             conn._finished = True
             self._open_streams -= 1
+            self._dropped.discard(conn)
             if self.closing and not self._open_streams:
                 self.drained.set()
 
@@ -207,6 +213,8 @@ class Hub:
         if conn._released:
             return
         conn._released = True
+        if not conn._finished:
+            self._dropped.add(conn)
         conn._close_locked(final)
         self._connections.discard(conn)
         client = conn.client
@@ -216,9 +224,8 @@ class Hub:
             return
         del self._clients[client.id]
         if self.config.session_ttl > 0 and client._topics:
-            self._sessions[client.id] = (
-                frozenset(client._topics),
-                time.monotonic() + self.config.session_ttl,
+            self._remember_locked(
+                client.id, frozenset(client._topics), time.monotonic() + self.config.session_ttl
             )
         self._after_lock.append((self._client_closed, client))
 
@@ -227,7 +234,7 @@ class Hub:
         session; return how many closed."""
         with self.lock:
             client = self._clients.get(client_id)
-            self._sessions.pop(client_id, None)
+            self._sessions.forget(client_id)
             connections = list(client._connections) if client is not None else []
             for conn in connections:
                 self._detach_locked(conn)
@@ -252,6 +259,15 @@ class Hub:
                 self.drained.set()
         self.run_after_lock()
         return len(connections)
+
+    def unfinished(self, *, dropped: bool = False) -> list[SSEConnection]:
+        """The connections whose stream has not ended yet: registered or
+        already dropped while their server is still writing to them; with
+        ``dropped``, only the latter."""
+        with self.lock:
+            if dropped:
+                return list(self._dropped)
+            return [*self._connections, *self._dropped]
 
     # -- topics and sessions --------------------------------------------------
 
@@ -297,7 +313,7 @@ class Hub:
             raise ClientNotFound(client_id)
         current, expiry = session
         updated = current | frozenset(topics) if add else current - frozenset(topics)
-        self._sessions[client_id] = (self.check_topic_count(updated), expiry)
+        self._remember_locked(client_id, self.check_topic_count(updated), expiry)
         return updated
 
     def revoke(self, topic: str, client_id: str | None) -> tuple[list[SSEClient], list[str]]:
@@ -310,16 +326,21 @@ class Hub:
                 sessions = [cid for cid, (held, _) in self._sessions.items() if topic in held]
             else:
                 clients = [c for c in (self._clients.get(client_id),) if c is not None and topic in c._topics]
-                sessions = [client_id] if topic in self._sessions.get(client_id, ((),))[0] else []
+                session = self._sessions.get(client_id)
+                sessions = [client_id] if session is not None and topic in session[0] else []
             for cid in sessions:
-                held, expiry = self._sessions[cid]
-                self._sessions[cid] = (held - {topic}, expiry)
+                held, expiry = self._sessions.get(cid)  # type: ignore[misc]
+                self._remember_locked(cid, held - {topic}, expiry)
             for client in clients:
                 self._topics.discard(topic, client._connections)
                 client._revoke_locked(topic, notice)
                 self._after_lock.append((self._client_revoked, client, frozenset((topic,))))
         self.run_after_lock()
         return clients, sessions
+
+    def _remember_locked(self, client_id: str, topics: frozenset[str], expiry: float) -> None:
+        config = self.config
+        self._sessions.remember(client_id, topics, expiry, config.max_sessions, config.max_session_bytes)
 
     def topics_of(self, client_id: str, *, sessions: bool = False) -> frozenset[str] | None:
         """The topics of a live client here; with ``sessions``, else those
@@ -435,9 +456,7 @@ class Hub:
                     if conn._waiting:
                         conn._waiting = False
                         conn._wake.set()
-            expired = [cid for cid, (_, expiry) in self._sessions.items() if expiry <= now]
-            for cid in expired:
-                del self._sessions[cid]
+            self._sessions.expire(now)
 
     # -- queries --------------------------------------------------------------
 
@@ -475,6 +494,8 @@ class Hub:
                 connections=len(self._connections),
                 topics=len(self._topics),
                 sessions=len(self._sessions),
+                session_bytes=self._sessions.bytes,
+                sessions_evicted=self._sessions.evicted,
                 queued_now=sum(len(c._queue) for c in self._connections),
                 closing=self.closing,
             )

@@ -40,6 +40,19 @@ def limit_write_stall(sock: t.Any, timeout: float | None) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(timeout * 1000))
 
 
+def abort(sock: t.Any) -> None:
+    """End the connection of ``sock`` at once, from any thread.
+
+    ``shutdown`` (unlike ``close``) reaches a write blocked in the kernel on a
+    peer that stopped reading: the write fails with ``EPIPE`` and the server
+    ends the response. Under gevent, the cooperative socket's ``shutdown``
+    also wakes the greenlet waiting to write. Does nothing without a socket.
+    """
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def peer_closed(sock: t.Any) -> bool:
     """Whether the peer of ``sock`` has closed its end (EOF or reset).
 

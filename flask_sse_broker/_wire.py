@@ -19,8 +19,12 @@ import typing as t
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 #: An event id as the broker writes it: ``<epoch or milliseconds>-<sequence>``,
-#: the shape of a Redis stream id, so both backends share one format.
-_EVENT_ID = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
+#: the shape of a Redis stream id, so both backends share one format. ASCII
+#: digits only: ``\d`` would also take "\uff11" or "\u0661", which ``int()``
+#: reads but Redis refuses.
+_EVENT_ID = re.compile(r"\A([0-9]{1,20})-([0-9]{1,20})\Z")
+#: Both parts of an id are unsigned 64-bit integers, as in a Redis stream id.
+_MAX_PART = 2**64 - 1
 
 #: An event's place in the sequence: the parsed id, compared as a pair.
 Seq = tuple[int, int]
@@ -67,12 +71,17 @@ def check_event_id(value: str) -> str:
 
 def parse_event_id(value: str) -> Seq | None:
     """Parse a broker-assigned event id into a comparable pair, or return
-    ``None`` when ``value`` does not have the broker's id shape.
+    ``None`` when ``value`` does not have the broker's id shape: two runs of
+    ASCII digits joined by ``-``, each at most ``2**64 - 1`` (the range of a
+    Redis stream id's parts, and wider than the in-process backend's).
     """
     match = _EVENT_ID.match(value)
     if match is None:
         return None
-    return int(match.group(1)), int(match.group(2))
+    seq = int(match.group(1)), int(match.group(2))
+    if seq[0] > _MAX_PART or seq[1] > _MAX_PART:
+        return None
+    return seq
 
 
 def format_event_id(seq: Seq) -> str:

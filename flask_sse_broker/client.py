@@ -8,13 +8,16 @@
         for event in source:
             print(event.event, event.json())
 
-It speaks the protocol of this library's server, and plain SSE to any other:
-events are decoded by the spec-correct :mod:`flask_sse_broker._decoder`; a lost
-stream is reopened with a jittered exponential backoff, resuming from the last
-event id (``Last-Event-ID`` header) with the client's token (``token=``), so
-the server replays what was published while the consumer was away. A stream
-that goes silent for longer than the server's heartbeat allows is treated as
-lost, not waited on forever.
+It speaks the protocol of this library's server, and plain SSE to any other,
+the way a browser's ``EventSource`` does (WHATWG HTML 9.2, "Server-sent
+events"): events are decoded by the spec-correct
+:mod:`flask_sse_broker._decoder`; redirects are followed; a lost stream is
+reopened after the server's ``retry:`` time or a jittered exponential backoff,
+whichever is longer, resuming from the last event id (``Last-Event-ID``
+header, UTF-8) with the client's token (``token=``), so the server replays
+what was published while the consumer was away. A stream that goes silent for
+longer than the server's heartbeat allows is treated as lost, not waited on
+forever.
 
 Only the standard library is used (:mod:`http.client`).
 """
@@ -25,23 +28,29 @@ import contextlib
 import http.client
 import json
 import logging
-import random
 import socket
 import threading
 import typing as t
 import urllib.parse
 
-from ._decoder import EventDecoder, LineDecoder, ServerSentEvent
+from ._backoff import EqualJitterBackoff
+from ._decoder import EventDecoder, ServerSentEvent, iter_events
 from .exceptions import SSEError
 
 __all__ = ["EventSource", "RetriesExhausted", "SSEResponseError", "ServerSentEvent"]
 
 logger = logging.getLogger("flask_sse_broker.client")
 
+#: The statuses a browser's fetch follows as redirects (with a ``Location``).
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+#: Request headers that carry credentials: never sent on to another origin.
+_CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
 
 class SSEResponseError(SSEError):
     """The server answered something other than an event stream: a 4xx or 204
-    status, or a 200 that is not ``text/event-stream`` (the wrong URL).
+    status, a 200 that is not ``text/event-stream`` (the wrong URL), or a
+    redirect that cannot be followed (no ``Location``, not http(s), too many).
     Retrying the same request cannot help, so it is raised, not retried.
 
     :param status: the HTTP status.
@@ -92,6 +101,28 @@ class EventSource:
     Iteration ends when :meth:`close` is called (from any thread) or, with
     ``reconnect=False``, when the stream ends.
 
+    Where it follows a browser's ``EventSource``:
+
+    * The last event id is the one of the last *dispatched frame*, with or
+      without data; an empty ``id`` clears it, and then no ``Last-Event-ID``
+      is sent. It goes back UTF-8 encoded, as the spec says.
+    * ``retry:`` sets the reconnection time wherever it stands (the server's
+      ``connected`` frame carries one). The wait before a reconnect is the
+      longer of that time and the backoff, which grows with consecutive
+      failures.
+    * The media type is compared case-insensitively, parameters ignored.
+    * 301, 302, 303, 307 and 308 with a ``Location`` are followed, at most
+      :attr:`max_redirects` in a row, to http(s) URLs only; credentials
+      (``Authorization``, ``Cookie``) are not sent on to another origin.
+      Reconnects start again from the original URL, as a browser's do.
+
+    Where it differs, on purpose: 5xx, 408, 425 and 429 are retried (honouring
+    ``Retry-After``) instead of ending the stream, because a service should
+    ride out a restart; and a 401 or 403 to a request that presented a token
+    is retried once at once without the token, as a new client (the server's
+    key may have changed), keeping the last event id. A 401 or 403 without a
+    token raises :exc:`SSEResponseError`.
+
     :param url: the stream URL, e.g. ``http://host/_sse/connect``.
     :param topics: topics to subscribe to when connecting.
     :param last_event_id: where to resume from.
@@ -119,6 +150,8 @@ class EventSource:
     heartbeat_factor = 2.5
     #: Status codes that mean "later", not "never".
     retry_statuses = frozenset({408, 425, 429})
+    #: Redirects followed in a row before giving up (a browser's fetch allows 20).
+    max_redirects = 10
 
     def __init__(
         self,
@@ -142,8 +175,9 @@ class EventSource:
         query = urllib.parse.parse_qs(parts.query)
         in_url = [name for value in query.get("topics", ()) for name in value.split(",") if name]
         self.topics: list[str] = list(dict.fromkeys([*in_url, *topics]))
-        #: The id of the last event received: where a reconnect resumes.
-        self.last_event_id = last_event_id or query.get("lastEventId", [""])[-1]
+        # One decoder for the source's life: it holds the last event id and the
+        # reconnection time, which a browser keeps on the EventSource object.
+        self._decoder = EventDecoder(last_event_id or query.get("lastEventId", [""])[-1])
         #: The capability that keeps the same client id across reconnects.
         self.token = token or query.get("token", [None])[-1]
         #: The client id the server assigned (``None`` until connected).
@@ -156,7 +190,6 @@ class EventSource:
         self.on_connect = on_connect
         self._closed = threading.Event()
         self._failures = 0
-        self._retry_hint = 0.0
         self._conn: http.client.HTTPConnection | None = None
         self._sock: socket.socket | None = None
         self._conn_lock = threading.Lock()
@@ -164,20 +197,41 @@ class EventSource:
     def __repr__(self) -> str:
         return f"<EventSource {self.url!r} last_event_id={self.last_event_id!r}>"
 
+    @property
+    def last_event_id(self) -> str:
+        """The id of the last frame received: where a reconnect resumes."""
+        return self._decoder.last_event_id
+
+    @last_event_id.setter
+    def last_event_id(self, value: str) -> None:
+        self._decoder.last_event_id = value
+
+    @property
+    def reconnection_time(self) -> float | None:
+        """The server's ``retry:`` in seconds, ``None`` until it sent one."""
+        retry = self._decoder.reconnection_time
+        return None if retry is None else retry / 1000
+
     # -- public ----------------------------------------------------------------
 
     def __iter__(self) -> t.Iterator[ServerSentEvent]:
         self._failures = 0
         while not self._closed.is_set():
             error: BaseException | None = None
-            self._retry_hint = 0.0
             delay = 0.0
             try:
                 for event in self._stream():
                     self._failures = 0
                     yield event
-            except SSEResponseError:
-                raise
+            except SSEResponseError as e:
+                if e.status not in (401, 403) or self.token is None or self._closed.is_set():
+                    raise
+                # The server may have a new key (rotation, a restart without a
+                # fixed SECRET_KEY): be a new client rather than give up. A
+                # refusal without the token is final (e.g. a topic refused).
+                logger.warning("%s refused the token (%s); reconnecting as a new client", self.url, e.status)
+                self.token = None
+                continue
             except _Transient as e:
                 error, delay = e, e.retry_after
             except (OSError, http.client.HTTPException) as e:
@@ -193,7 +247,7 @@ class EventSource:
                 if self.max_retries is not None and self._failures > self.max_retries:
                     raise RetriesExhausted(self._failures, error) from error
                 logger.info("the stream of %s failed (%s); retry %d", self.url, error, self._failures)
-            delay = max(delay, self._retry_hint, self._backoff(max(self._failures, 1)))
+            delay = max(delay, self.reconnection_time or 0.0, self._backoff(max(self._failures, 1)))
             self._closed.wait(delay)
 
     def close(self) -> None:
@@ -216,54 +270,73 @@ class EventSource:
     def _stream(self) -> t.Iterator[ServerSentEvent]:
         """Open the stream and yield its events until it ends."""
         response = self._open()
-        lines = LineDecoder()
-        decoder = EventDecoder()
-        # Seed the decoder's cursor: an event without ``id:`` reports this one.
-        decoder.decode(f"id: {self.last_event_id}")
-        while True:
-            chunk = response.read1(65536)
-            if not chunk:
-                return
-            for line in lines.feed(chunk):
-                event = decoder.decode(line)
-                if event is None:
-                    continue
-                if not event.event:
-                    # A ``retry:`` on its own: the server is going away and
-                    # says when to come back (sent at shutdown).
-                    self._retry_hint = (event.retry or 0) / 1000
-                    continue
-                if event.id:
-                    self.last_event_id = event.id
-                if event.event == "heartbeat":
-                    continue
-                if event.event == "connected":
-                    self._on_connected(event)
-                    continue
-                yield event
+        for event in iter_events(iter(lambda: response.read1(65536), b""), self._decoder):
+            if not event.event or event.event == "heartbeat":
+                # A frame of only ``retry:`` (the server is going away and says
+                # when to come back), or the server's keep-alive.
+                continue
+            if event.event == "connected":
+                self._on_connected(event)
+                continue
+            yield event
 
     def _open(self) -> http.client.HTTPResponse:
-        parts = self._parts
+        """Send the request, following redirects; return the stream's response."""
+        url = urllib.parse.urlunsplit(self._parts._replace(query=self._query(), fragment=""))
+        headers: dict[str, str | bytes] = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        headers.update(self.headers)
+        if self.last_event_id:
+            # The spec sends it UTF-8 encoded; str would go out as Latin-1.
+            headers["Last-Event-ID"] = self.last_event_id.encode("utf-8", "replace")
+        for _ in range(self.max_redirects + 1):
+            response = self._request(url, headers)
+            if response.status not in _REDIRECTS or not response.headers.get("Location"):
+                break
+            url, headers = self._redirect(url, response, headers)
+            self._disconnect()
+        else:
+            raise SSEResponseError(
+                self.url,
+                response.status,
+                response.headers.get("Content-Type", ""),
+                f"more than {self.max_redirects} redirects",
+            )
+        self._check(response)
+        self._set_timeout(self.read_timeout)
+        return response
+
+    def _request(self, url: str, headers: t.Mapping[str, str | bytes]) -> http.client.HTTPResponse:
+        parts = urllib.parse.urlsplit(url)
         conn_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
         conn = conn_class(parts.hostname, parts.port, timeout=self.connect_timeout)  # type: ignore[arg-type]
         with self._conn_lock:
             if self._closed.is_set():
                 raise _Transient("closed")
             self._conn = conn
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **self.headers}
-        if self.last_event_id:
-            headers["Last-Event-ID"] = self.last_event_id
-        conn.request("GET", self._target(), headers=headers)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("GET", target, headers=headers)
         # Kept apart: once a response says it closes the connection, the
         # connection object forgets its socket, but close() must still reach it.
         self._sock = conn.sock
-        response = conn.getresponse()
-        self._check(response)
-        self._set_timeout(self.read_timeout)
-        return response
+        return conn.getresponse()
 
-    def _target(self) -> str:
-        """The request path, with this client's topics and token in the query."""
+    def _redirect(
+        self, url: str, response: http.client.HTTPResponse, headers: dict[str, str | bytes]
+    ) -> tuple[str, dict[str, str | bytes]]:
+        """Where a redirect leads, and the headers to send there."""
+        location = urllib.parse.urljoin(url, response.headers["Location"].strip())
+        target = urllib.parse.urlsplit(location)
+        if target.scheme not in ("http", "https") or not target.hostname:
+            content_type = response.headers.get("Content-Type", "")
+            raise SSEResponseError(self.url, response.status, content_type, f"redirect to {location[:200]!r}")
+        source = urllib.parse.urlsplit(url)
+        if (source.scheme, source.hostname, source.port) != (target.scheme, target.hostname, target.port):
+            headers = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIALS}
+        logger.info("%s redirects (%s) to %s", url, response.status, location)
+        return urllib.parse.urlunsplit(target._replace(fragment="")), headers
+
+    def _query(self) -> str:
+        """The URL's query, with this client's topics and token."""
         query = [
             (k, v)
             for k, v in urllib.parse.parse_qsl(self._parts.query, keep_blank_values=True)
@@ -273,13 +346,14 @@ class EventSource:
             query.append(("topics", ",".join(self.topics)))
         if self.token:
             query.append(("token", self.token))
-        path = self._parts.path or "/"
-        return path + ("?" + urllib.parse.urlencode(query) if query else "")
+        return urllib.parse.urlencode(query)
 
     def _check(self, response: http.client.HTTPResponse) -> None:
         content_type = response.headers.get("Content-Type", "")
         status = response.status
-        if status == 200 and content_type.split(";")[0].strip() == "text/event-stream":
+        # get_content_type() parses the parameters and lowercases the type; a
+        # missing or malformed header reads as text/plain.
+        if status == 200 and response.headers.get_content_type() == "text/event-stream":
             return
         body = response.read(4096).decode("utf-8", "replace")
         message = body[:200].strip()
@@ -328,9 +402,9 @@ class EventSource:
         conn.close()
 
     def _backoff(self, attempt: int) -> float:
-        """A random delay in [d/2, d], d doubling per attempt up to the cap."""
-        ceiling = min(self.max_reconnect_delay, self.reconnect_delay * 2.0 ** (attempt - 1))
-        return ceiling / 2 + random.random() * ceiling / 2
+        # Built per call: reconnect_delay and max_reconnect_delay may be changed
+        # on the instance at any time.
+        return EqualJitterBackoff(self.reconnect_delay, self.max_reconnect_delay).compute(attempt)
 
 
 def _retry_after(response: http.client.HTTPResponse) -> float:

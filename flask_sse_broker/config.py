@@ -54,6 +54,16 @@ class SSEConfig:
     #: Seconds a client id's subscriptions outlive its last connection, so a
     #: reconnect with the client's token finds them again.
     session_ttl: float = 60.0
+    #: Sessions (subscriptions of ended clients, kept for ``session_ttl``) a
+    #: process remembers at most; past it the oldest is forgotten first and
+    #: counted as ``sessions_evicted`` in ``stats()``. ``None``: no limit.
+    max_sessions: int | None = 10_000
+    #: Bytes of client ids and topic names (UTF-8) the remembered sessions may
+    #: hold together; past it the oldest are forgotten first, and a session
+    #: larger than this on its own is not kept. Bounds what a client looping
+    #: through connects with many long topics can make a worker hold.
+    #: ``None``: no limit.
+    max_session_bytes: int | None = 16 * 1024 * 1024
     #: Called with the :class:`SSEClient` when a client id's first connection opens.
     on_connect: t.Callable[[SSEClient], None] | None = None
     #: Called with the :class:`SSEClient` when a client id's last connection ends.
@@ -90,6 +100,10 @@ class SSEConfig:
         _positive_int("max_event_bytes", self.max_event_bytes)
         if self.max_connections is not None:
             _non_negative_int("max_connections", self.max_connections)
+        if self.max_sessions is not None:
+            _non_negative_int("max_sessions", self.max_sessions)
+        if self.max_session_bytes is not None:
+            _non_negative_int("max_session_bytes", self.max_session_bytes)
         if self.heartbeat_interval is not None and (
             isinstance(self.heartbeat_interval, bool)
             or not isinstance(self.heartbeat_interval, (int, float))

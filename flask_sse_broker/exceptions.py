@@ -89,7 +89,16 @@ class TooManyConnections(BrokerUnavailable):
 
 class BackendError(SSEError):
     """The backend (e.g. Redis) could not carry out an operation; it may
-    succeed later."""
+    succeed later.
+
+    Raised by a publish, the event *may* have been stored (Redis took the
+    command but its reply timed out, say) and then it is delivered. Publish
+    it again with ``idempotency_key=error.idempotency_key``: it is then
+    stored and delivered once in all, whichever attempt got through.
+    """
 
     status = 503
     retry_after = 5
+    #: The idempotency key of the publish that failed (``None`` for other
+    #: operations, and for backends that store nothing before failing).
+    idempotency_key: str | None = None

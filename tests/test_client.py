@@ -210,3 +210,28 @@ def test_close_from_another_thread_ends_iteration(own_server: Server) -> None:
 def test_rejects_a_url_that_is_not_http() -> None:
     with pytest.raises(ValueError, match="not an http"):
         EventSource("ftp://127.0.0.1/x")
+
+
+def test_a_server_with_another_secret_key_makes_a_new_client(own_server: Server) -> None:
+    source = EventSource(connect_url(own_server), topics=["rotate"])
+    consumer = Consumer(source)
+    try:
+        own_server.publish("rotate", "before")
+        consumer.take(1)
+        old_client = source.client_id
+        own_server.stop()
+        config = {**CONFIG, "SECRET_KEY": "rotated"}  # the old token no longer verifies
+        new = Server("werkzeug", config=config, port=own_server.port).start()
+        try:
+            wait_for(lambda: len(consumer.hellos) >= 2, 20, what="a reconnect as a new client")
+            new.publish("rotate", "after")
+            events = consumer.take(2)
+        finally:
+            new.stop()
+        assert consumer.error is None
+        assert consumer.hellos[1]["clientId"] != old_client
+        assert source.client_id == consumer.hellos[1]["clientId"]
+        assert [e.event for e in events] == ["reset", "message"]
+        assert events[1].json() == "after"
+    finally:
+        consumer.close()

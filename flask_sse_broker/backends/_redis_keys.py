@@ -16,6 +16,9 @@ and the codec of the messages on the bus. Every name is built here.
 ``<prefix>:session:<client id>``
     The topics of a client id whose last connection ended, for ``session_ttl``
     seconds, so a reconnect to *any* process gets its subscriptions back.
+``<prefix>:published:<idempotency key>``
+    The id a publish was stored under, for ``idempotency_ttl`` seconds, so a
+    publish retried after a timeout is not stored twice.
 """
 
 from __future__ import annotations
@@ -31,10 +34,18 @@ ORIGIN = "0-0"
 
 #: XADD and PUBLISH in one atomic step, so the channel carries events in id
 #: order. The message is ``E <id> <audience> <target length> <target><body>``.
+#: KEYS[3] is the publish's idempotency key: when it already names an id, the
+#: event was stored by an earlier attempt (one whose reply timed out), and the
+#: script returns that id without storing or publishing it again.
 PUBLISH_SCRIPT = """
+local seen = redis.call('GET', KEYS[3])
+if seen then
+  return seen
+end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[6], ARGV[2], '*',
                       'k', ARGV[3], 't', ARGV[4], 'b', ARGV[5])
 redis.call('SET', KEYS[2], id)
+redis.call('SET', KEYS[3], id, 'PX', ARGV[7])
 redis.call('PUBLISH', ARGV[1],
            'E ' .. id .. ' ' .. ARGV[3] .. ' ' .. string.len(ARGV[4]) .. ' ' .. ARGV[4] .. ARGV[5])
 return id
@@ -86,6 +97,10 @@ class RedisKeys:
         """A ``SCAN MATCH`` pattern of every session key (the prefix escaped)."""
         escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
         return f"{escaped}:session:*"
+
+    def published(self, idempotency_key: str) -> str:
+        """The id a publish with this idempotency key was stored under."""
+        return f"{self.prefix}:published:{idempotency_key}"
 
 
 def encode_control(op: str, client_id: str | None, topics: t.Collection[str], node: str) -> bytes:

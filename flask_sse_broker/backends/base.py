@@ -123,7 +123,9 @@ class Backend:
 
     # -- history -------------------------------------------------------------
 
-    def publish(self, audience: Audience, target: str | None, body: bytes) -> int:
+    def publish(
+        self, audience: Audience, target: str | None, body: bytes, *, idempotency_key: str | None = None
+    ) -> int:
         """Assign the event an id, record it, deliver it; return how many local
         connections it was queued for.
 
@@ -135,7 +137,13 @@ class Backend:
         ``hub.lock``. A distributed backend may deliver later (from a listener
         calling ``hub.deliver``) and return ``hub.recipient_count(...)``.
 
-        :raises BackendError: the event could not be recorded.
+        ``idempotency_key`` (passed only when the publisher gave one): a
+        backend that can fail *after* recording (a reply that timed out)
+        records an event at most once per key, and sets the key on the
+        :exc:`BackendError` it raises, so the publisher can retry safely.
+
+        :raises BackendError: the event could not be recorded (or may have
+            been: see :attr:`BackendError.idempotency_key`).
         """
         raise NotImplementedError
 

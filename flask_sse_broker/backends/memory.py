@@ -44,7 +44,11 @@ class MemoryBackend(Backend):
         # rendered then can still connect from it and miss nothing.
         return f"{self._epoch}-{self._seq}"
 
-    def publish(self, audience: Audience, target: str | None, body: bytes) -> int:
+    def publish(
+        self, audience: Audience, target: str | None, body: bytes, *, idempotency_key: str | None = None
+    ) -> int:
+        # In process a publish either fails before it stores anything or
+        # succeeds: there is nothing for a key to make safe.
         hub = self.hub
         with hub.lock:
             self._seq += 1

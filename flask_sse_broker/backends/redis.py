@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import socket
 import typing as t
 
@@ -27,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .._topics import Subscriptions, is_pattern
-from ..exceptions import BackendError, BrokerUnavailable, ClientNotFound, TooManyTopics
+from ..exceptions import BackendError, BrokerUnavailable, ClientNotFound, InvalidEventId, TooManyTopics
 from ._redis_keys import ORIGIN, PUBLISH_SCRIPT, RedisKeys, encode_control, entry_envelope
 from ._redis_listener import RedisListener
 from ._redis_presence import RedisPresence
@@ -65,6 +66,10 @@ class RedisBackend(Backend):
 
     #: Seconds to wait for a reply from Redis before the operation fails.
     socket_timeout = 2.0
+    #: Seconds a publish's idempotency key is remembered: a publish retried
+    #: with the same key within this time is stored and delivered once. Costs
+    #: one small key per publish for that long (about 100 bytes).
+    idempotency_ttl = 300.0
     #: Seconds to wait for a new connection to Redis.
     connect_timeout = 1.0
     #: Connections in the command pool; callers beyond it wait their turn.
@@ -146,25 +151,42 @@ class RedisBackend(Backend):
 
     # -- history -------------------------------------------------------------
 
-    def publish(self, audience: Audience, target: str | None, body: bytes) -> int:
+    def publish(
+        self, audience: Audience, target: str | None, body: bytes, *, idempotency_key: str | None = None
+    ) -> int:
         """Append the event to the stream and publish it; every listener,
         this process's included, delivers it.
 
+        Every publish carries an idempotency key (``idempotency_key``, or a
+        random one), checked inside the script: a publish whose key already
+        names a stored event stores and publishes nothing.
+
         :returns: the local connections the event is for at publish time (it
             is queued for them by the listener a moment later).
-        :raises BackendError: Redis did not take the event.
+        :raises BackendError: Redis did not answer or refused; the event may
+            have been stored. Its ``idempotency_key`` makes a retry safe.
         """
         if self.history_size:
             maxlen, how = self.history_size + 1, "~"  # +1: see replay()
         else:
             maxlen, how = 0, "="
+        key = idempotency_key or secrets.token_urlsafe(16)
+        keys = [self._keys.stream, self._keys.last, self._keys.published(key)]
+        args = [self._keys.channel, maxlen, audience.value, target or "", body, how]
+        args.append(int(self.idempotency_ttl * 1000))
         try:
-            self._publish_script(
-                keys=[self._keys.stream, self._keys.last],
-                args=[self._keys.channel, maxlen, audience.value, target or "", body, how],
-            )
+            try:
+                self._publish_script(keys=keys, args=args)
+            except redis.ConnectionError:
+                # Most often a pooled connection that died with a Redis restart:
+                # once more on a fresh one, safe under the same key. Not after
+                # a timeout: a hung Redis would only make the publisher wait
+                # twice as long.
+                self._publish_script(keys=keys, args=args)
         except redis.RedisError as e:
-            raise _error("publishing the event failed", e) from e
+            error = _error("publishing the event failed", e)
+            error.idempotency_key = key
+            raise error from e
         return self.hub.recipient_count(audience, target)
 
     def last_event_id(self) -> str | None:
@@ -189,8 +211,14 @@ class RedisBackend(Backend):
                 if cursor is not None:
                     pipe.xrange(self._keys.stream, min=cursor, max="+")
                 results = pipe.execute()
-        except redis.RedisError as e:
+        except (redis.ConnectionError, redis.TimeoutError) as e:
             raise BrokerUnavailable(f"Redis is unreachable: {e}", retry_after=5) from e
+        except redis.ResponseError as e:
+            # The broker checks ids to Redis's range first; should Redis still
+            # refuse the cursor, that is the client's error, not an outage.
+            if cursor is not None and "stream id" in str(e).lower():
+                raise InvalidEventId(cursor) from e
+            raise _error("reading the history failed", e) from e
         head = results[0].decode() if results[0] is not None else ORIGIN
         if cursor is None or cursor == head:
             return Replay(cursor=head)  # nothing missed, even with no history

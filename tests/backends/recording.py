@@ -56,7 +56,9 @@ class RecordingBackend(Backend):
         self._history.clear()
 
     # history
-    def publish(self, audience: Audience, target: str | None, body: bytes) -> int:
+    def publish(
+        self, audience: Audience, target: str | None, body: bytes, *, idempotency_key: str | None = None
+    ) -> int:
         self._record("publish", audience, target)
         hub = self.hub
         with hub.lock:
