@@ -11,16 +11,16 @@ import pytest
 from flask_sse_broker import InvalidTopic, SSEBroker, SSEClient, SSEConfig, topic_revoked
 from flask_sse_broker.backends import MemoryBackend
 
-from .conftest import SHARED_CONFIG
+from .plugins.servers import SHARED_CONFIG
 from .redis_support import SHARED_URL, Cluster, ConnectionReader, delete_prefix, new_prefix, requires_redis
 from .support import SERVER_KINDS, EventReader, Server, connect_url, http_request, wait_for
 
-APP = "tests.patternsapp:create_app()"
+APP = "tests.apps.patternsapp:create_app()"
 
 
 @pytest.fixture(scope="module", params=SERVER_KINDS)
 def server(request: pytest.FixtureRequest) -> t.Iterator[Server]:
-    """:mod:`tests.patternsapp` under each server model; ``authorize`` refuses
+    """:mod:`tests.apps.patternsapp` under each server model; ``authorize`` refuses
     topics starting with ``secret``."""
     srv = Server(request.param, app=APP, config=SHARED_CONFIG, env={"SSE_TEST_AUTHZ": "secret"})
     srv.start()

@@ -1,4 +1,4 @@
-"""The app of the pattern and revoke tests: :mod:`tests.serverapp` plus
+"""The app of the pattern and revoke tests: :mod:`tests.apps.serverapp` plus
 routes to revoke, to read what ``authorize()`` was asked and to read sessions.
 
 Served like the other test app, so every server model and the Redis backend
