@@ -26,6 +26,7 @@ import typing as t
 from collections import deque
 
 from ._connection import SSEClient, SSEConnection
+from ._timing import DeliveryTiming
 from ._wire import HEARTBEAT_FRAME, Audience, Envelope
 from .exceptions import BrokerUnavailable, ClientNotFound, TooManyConnections, TooManyTopics
 
@@ -70,6 +71,8 @@ class Hub:
         #: Every connection's ``on_close``: one bound method shared by all,
         #: not one per connection (ten thousand idle streams per worker).
         self._release = self.release
+        #: Publish-to-write timing (metrics on; under the lock); None: no clock.
+        self.timing: DeliveryTiming | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -97,6 +100,8 @@ class Hub:
         self._after_lock: deque[tuple[t.Any, ...]] = deque()
         #: Set once shutdown has seen every stream end.
         self.drained = threading.Event()
+        if self.timing is not None:
+            self.timing.clear()
 
     def start(self) -> None:
         """Make the primitives a running broker waits on. Called when the
@@ -161,7 +166,7 @@ class Hub:
             if first:
                 self._clients[client_id] = client
                 self._sessions.pop(client_id, None)
-            conn = SSEConnection(client, self.lock, self._release, wake)
+            conn = SSEConnection(client, self.lock, self._release, wake, self.timing)
             client._connections.append(conn)
             self._connections.add(conn)
             self._open_streams += 1
@@ -339,6 +344,8 @@ class Hub:
     def deliver_locked(self, envelope: Envelope) -> int:
         """Queue an event for its local recipients; caller holds :attr:`lock`
         and calls :meth:`run_after_lock` after releasing it."""
+        if self.timing is not None and not envelope.at:
+            envelope.at = time.time()  # once per publish, for the delay metric
         audience = envelope.audience
         if audience is _TOPIC:
             recipients: t.Iterable[SSEConnection] = self._topics.get(envelope.target, ())  # type: ignore[arg-type]
@@ -457,6 +464,19 @@ class Hub:
                 closing=self.closing,
             )
         return result
+
+    def metric_values(self) -> tuple[dict[str, int], DeliveryTiming | None]:
+        """Counters, sizes and a copy of the timing (idle streams' last writes in)."""
+        with self.lock:
+            values = dict(self.counters, clients=len(self._clients), topics=len(self._topics))
+            values["connections"] = len(self._connections)
+            if self.timing is None:
+                return values, None
+            for conn in self._connections:
+                if conn._written is not None:
+                    self.timing.add_locked(*conn._written)
+                    conn._written = None
+            return values, self.timing.copy()
 
     def debug_state(self, conn: SSEConnection | None = None) -> dict[str, t.Any]:
         """Everything the lock guards, as plain data, for tests: proof that

@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..exceptions import BackendError, BrokerUnavailable, ClientNotFound, TooManyTopics
-from ._redis_keys import ORIGIN, PUBLISH_SCRIPT, RedisKeys, encode_control, entry_envelope
+from ._redis_keys import ORIGIN, PUBLISH_SCRIPT, RedisKeys, encode_control, entry_envelope, text
 from ._redis_listener import RedisListener
 from ._redis_presence import RedisPresence
 from .base import Audience, Backend, Replay, logger
@@ -153,18 +153,40 @@ class RedisBackend(Backend):
             is queued for them by the listener a moment later).
         :raises BackendError: Redis did not take the event.
         """
+        try:
+            self._publish_script(**self._script_args(audience, target, body))
+        except redis.RedisError as e:
+            raise _error("publishing the event failed", e) from e
+        return self.hub.recipient_count(audience, target)
+
+    def publish_batch(self, items: t.Sequence[tuple[Audience, str | None, bytes]]) -> list[tuple[str, int]]:
+        """Publish every item in one round trip, as one ``MULTI``/``EXEC``
+        transaction: the batch is in the stream, contiguous and in order, or
+        (Redis refused or unreachable) none of it is.
+
+        :raises BackendError: Redis did not take the batch.
+        """
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            for audience, target, body in items:
+                self._publish_script(**self._script_args(audience, target, body), client=pipe)
+            ids = pipe.execute()
+        except redis.RedisError as e:
+            raise _error("publishing the events failed", e) from e
+        return [
+            (text(event_id), self.hub.recipient_count(audience, target))
+            for event_id, (audience, target, _) in zip(ids, items, strict=True)
+        ]
+
+    def _script_args(self, audience: Audience, target: str | None, body: bytes) -> dict[str, list[t.Any]]:
         if self.history_size:
             maxlen, how = self.history_size + 1, "~"  # +1: see replay()
         else:
             maxlen, how = 0, "="
-        try:
-            self._publish_script(
-                keys=[self._keys.stream, self._keys.last],
-                args=[self._keys.channel, maxlen, audience.value, target or "", body, how],
-            )
-        except redis.RedisError as e:
-            raise _error("publishing the event failed", e) from e
-        return self.hub.recipient_count(audience, target)
+        return {
+            "keys": [self._keys.stream, self._keys.last],
+            "args": [self._keys.channel, maxlen, audience.value, target or "", body, how],
+        }
 
     def last_event_id(self) -> str | None:
         try:
