@@ -150,13 +150,12 @@ class Metrics:
 
     def _fork_seen(self) -> None:
         """Start from zero in a forked child, as the broker's hub does (the
-        hub is reset first); ``prometheus_client`` points the objects at the
-        child's own files by itself."""
+        hub is reset first, its timing with it); ``prometheus_client`` points
+        the objects at the child's own files by itself."""
         self._check_fork()
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
-        self.timing.clear()
         self._published = 0
         self._copied = {}
         self._copied_buckets = [0] * (len(BUCKETS) + 1)
