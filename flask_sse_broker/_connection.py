@@ -190,12 +190,11 @@ class SSEConnection:
         while True:
             wake.wait()
             with lock:
-                written = self._written
-                if written is not None and timing is not None:
+                if timing is not None and self._written is not None:
                     # The last write's delay (``DeliveryTiming.add_locked``,
                     # inline: once per write).
+                    delay, events = self._written
                     self._written = None
-                    delay, events = written
                     timing.counts[bisect_left(BUCKETS, delay)] += events
                     timing.total += delay * events
                 if self._closed:
