@@ -470,13 +470,8 @@ class Hub:
         with self.lock:
             values = dict(self.counters, clients=len(self._clients), topics=len(self._topics))
             values["connections"] = len(self._connections)
-            if self.timing is None:
-                return values, None
-            for conn in self._connections:
-                if conn._written is not None:
-                    self.timing.add_locked(*conn._written)
-                    conn._written = None
-            return values, self.timing.copy()
+            timing = self.timing
+            return values, timing.collect_locked(self._connections) if timing is not None else None
 
     def debug_state(self, conn: SSEConnection | None = None) -> dict[str, t.Any]:
         """Everything the lock guards, as plain data, for tests: proof that

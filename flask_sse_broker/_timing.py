@@ -1,7 +1,7 @@
 """The delay from publish to socket write, counted per bucket: what the
 ``flask_sse_delivery_seconds`` histogram of ``/metrics`` is made of.
 
-It sits at the bottom of the package (no imports of its own) because the
+It sits at the bottom of the package (no imports from it) because the
 stream itself does the counting: the hub stamps each event's publish time on
 its envelope (once per publish), and a stream times each write it hands the
 server (once per write, not per event; see :meth:`DeliveryTiming.add_locked`).
@@ -10,6 +10,7 @@ Nothing here runs while metrics are off: the hub then has no timing at all.
 
 from __future__ import annotations
 
+import typing as t
 from bisect import bisect_left
 
 #: Upper bounds (seconds) of the buckets; a wake-up round alone waits 2 ms
@@ -46,7 +47,13 @@ class DeliveryTiming:
         self.counts[bisect_left(BUCKETS, delay)] += events
         self.total += delay * events
 
-    def copy(self) -> DeliveryTiming:
+    def collect_locked(self, streams: t.Iterable[t.Any]) -> DeliveryTiming:
+        """Count the last writes of ``streams`` that wait for their next chunk
+        to be counted (idle ones); return a copy. The caller holds the lock."""
+        for stream in streams:
+            if stream._written is not None:
+                self.add_locked(*stream._written)
+                stream._written = None
         other = DeliveryTiming()
         other.counts[:] = self.counts
         other.total = self.total

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .redis_support import SHARED_URL, delete_prefix, new_prefix, requires_redis
+from .redis_support import SHARED_URL, requires_redis
 from .support import ROOT, SERVER_KINDS, EventReader, Server, connect_url, http_request, wait_for
 
 METRICS_CONFIG = {
@@ -247,21 +247,17 @@ def test_two_workers_in_multiprocess_mode_sum_their_figures(kind: str, tmp_path:
 
 
 @requires_redis
-def test_through_redis_published_events_are_counted_once_and_timed() -> None:
-    prefix = new_prefix()
+def test_through_redis_published_events_are_counted_once_and_timed(
+    make_server: t.Callable[..., Server], prefix: str
+) -> None:
     config = {**METRICS_CONFIG, "SSE_REDIS_URL": SHARED_URL, "SSE_REDIS_PREFIX": prefix}
-    try:
-        with (
-            Server("gthread", config=config) as srv,
-            EventReader(connect_url(srv, topics="redis-timed")) as reader,
-        ):
-            reader.connected()
-            for i in range(5):
-                srv.publish("redis-timed", i)
-            assert [e.json() for e in reader.take(5)] == list(range(5))
-            after = wait_metric(srv, "flask_sse_delivery_seconds_count", 5)
-            assert after["flask_sse_events_published_total"] == 5
-            # Stamped from the stream id (Redis's clock, in milliseconds).
-            assert 0 <= after["flask_sse_delivery_seconds_sum"] < 5 * 10
-    finally:
-        delete_prefix(SHARED_URL, prefix)
+    srv = make_server("gthread", config=config)
+    with EventReader(connect_url(srv, topics="redis-timed")) as reader:
+        reader.connected()
+        for i in range(5):
+            srv.publish("redis-timed", i)
+        assert [e.json() for e in reader.take(5)] == list(range(5))
+        after = wait_metric(srv, "flask_sse_delivery_seconds_count", 5)
+        assert after["flask_sse_events_published_total"] == 5
+        # Stamped from the stream id (Redis's clock, in milliseconds).
+        assert 0 <= after["flask_sse_delivery_seconds_sum"] < 5 * 10

@@ -11,7 +11,7 @@ import typing as t
 
 import pytest
 
-from .redis_support import SHARED_URL, RedisServer, delete_prefix, new_prefix, requires_redis
+from .redis_support import SHARED_URL, RedisServer, requires_redis, requires_redis_server
 from .support import ROOT, SERVER_KINDS, EventReader, Server, connect_url
 
 KEY = "publish-test-key-0123456789"
@@ -111,7 +111,7 @@ def test_the_scheme_is_case_insensitive(pub: Server) -> None:
 
 @pytest.mark.parametrize("kind", SERVER_KINDS)
 def test_can_publish_decides_with_the_request(make_server: t.Callable[..., Server], kind: str) -> None:
-    srv = make_server(kind, app="tests.publishapp:create_app()")
+    srv = make_server(kind, app="tests.apps.publishapp:create_app()")
     status, answer, _ = publish(srv, {"topic": "t", "data": 1}, key=None)
     assert status == 403 and answer["status"] == 403
     status, answer, _ = publish(srv, {"topic": "t", "data": 1}, key=None, headers={"X-Role": "publisher"})
@@ -295,24 +295,17 @@ def test_a_hostile_body_is_a_400_json_error_and_publishes_nothing(pub: Server, b
 # -- through Redis -------------------------------------------------------------------
 
 
-@pytest.fixture
-def prefix() -> t.Iterator[str]:
-    value = new_prefix()
-    yield value
-    delete_prefix(SHARED_URL, value)
-
-
 def _redis_config(prefix: str, url: str = SHARED_URL) -> dict[str, t.Any]:
     return {**PUBLISH_CONFIG, "SSE_REDIS_URL": url, "SSE_REDIS_PREFIX": prefix}
 
 
 @requires_redis
-def test_a_batch_published_to_one_process_reaches_another_in_order_through_redis(prefix: str) -> None:
-    with (
-        Server("gthread", config=_redis_config(prefix)) as publisher,
-        Server("gevent", config=_redis_config(prefix)) as subscriber,
-        EventReader(connect_url(subscriber, topics="r")) as reader,
-    ):
+def test_a_batch_published_to_one_process_reaches_another_in_order_through_redis(
+    make_server: t.Callable[..., Server], prefix: str
+) -> None:
+    publisher = make_server("gthread", config=_redis_config(prefix))
+    subscriber = make_server("gevent", config=_redis_config(prefix))
+    with EventReader(connect_url(subscriber, topics="r")) as reader:
         client_id = reader.connected()["clientId"]
         events = [{"topic": "r", "data": i} for i in range(100)]
         events[50] = {"client": client_id, "data": 50}
@@ -324,18 +317,16 @@ def test_a_batch_published_to_one_process_reaches_another_in_order_through_redis
         assert last_id(subscriber) == answer["ids"][-1]
 
 
-@requires_redis
-def test_publishing_while_redis_is_unreachable_is_503_with_retry_after(prefix: str) -> None:
-    redis_server = RedisServer().start()
-    try:
-        with Server("gthread", config=_redis_config(prefix, redis_server.url)) as srv:
-            assert publish(srv, {"topic": "t", "data": 0})[0] == 200
-            redis_server.kill()
-            status, answer, headers = publish(srv, {"events": [{"topic": "t", "data": 1}] * 10})
-            assert status == 503 and answer["status"] == 503
-            assert "Retry-After" in headers
-    finally:
-        redis_server.stop()
+@requires_redis_server
+def test_publishing_while_redis_is_unreachable_is_503_with_retry_after(
+    make_server: t.Callable[..., Server], prefix: str, private_redis: RedisServer
+) -> None:
+    srv = make_server("gthread", config=_redis_config(prefix, private_redis.url))
+    assert publish(srv, {"topic": "t", "data": 0})[0] == 200
+    private_redis.kill()
+    status, answer, headers = publish(srv, {"events": [{"topic": "t", "data": 1}] * 10})
+    assert status == 503 and answer["status"] == 503
+    assert "Retry-After" in headers
 
 
 @pytest.mark.parametrize("depth", [400, 900, 990, 5000])
@@ -352,7 +343,7 @@ def test_nesting_near_the_recursion_limit_is_published_or_refused_never_a_crash(
 
 
 def run_cli(*args: str, key: str | None = KEY) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLASK_APP": "tests.serverapp:create_app()"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLASK_APP": "tests.apps.serverapp:create_app()"}
     env.pop("SSE_PUBLISH_KEY", None)
     if key is not None:
         env["SSE_PUBLISH_KEY"] = key

@@ -1,4 +1,4 @@
-"""The test app of :mod:`tests.serverapp` with a ``can_publish`` hook: the
+"""The test app of :mod:`tests.apps.serverapp` with a ``can_publish`` hook: the
 ``X-Role: publisher`` header admits a publish request, anything else is 403."""
 
 from __future__ import annotations
