@@ -149,6 +149,13 @@ IMPLS: dict[str, Impl] = {
         "/_sse/connect?topics={topic}",
         extra={"package_from": BASE_REV},
     ),
+    "ours-metrics": Impl(
+        "ours-metrics",
+        "flask-sse-broker with SSE_METRICS on",
+        "/_sse/connect?topics={topic}",
+        needs=("prometheus_client",),
+        extra={"env": {"BENCH_METRICS": "1"}},
+    ),
     "ours-redis": Impl(
         "ours-redis",
         "flask-sse-broker + Redis backend (1 worker)",

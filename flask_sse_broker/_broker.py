@@ -17,6 +17,7 @@ import typing as t
 
 from . import signals
 from ._hub import Hub
+from ._metrics import Metrics, metrics_for
 from ._process import ForkWatch, install_sigterm_handler, register_shutdown
 from ._socket import abort
 from ._topics import Subscriptions, check_publish_topic, check_topic
@@ -35,6 +36,8 @@ logger = logging.getLogger("flask_sse_broker")
 
 #: Seconds between sweeps of expired sessions when heartbeats are off.
 _SESSION_SWEEP = 5.0
+
+_Item = tuple[Audience, str | None, SSEEvent]  # one publish: who it is for, and the event
 
 #: The longest ``Last-Event-ID``, client id or idempotency key accepted.
 MAX_ID_LENGTH = 256
@@ -72,6 +75,7 @@ class SSEBroker:
         self._heartbeat_thread: threading.Thread | None = None
         self.backend: Backend = backend if backend is not None else backend_for(self.config)
         self._attach(self.backend)
+        self._metrics: Metrics | None = metrics_for(self.config.metrics, None, self._hub, self._check_fork)
         register_shutdown(self._shutdown_at_exit)
 
     def _attach(self, backend: Backend) -> None:
@@ -96,6 +100,7 @@ class SSEBroker:
         )
         if not backend_changed:
             self.config = self._hub.config = config
+            self._metrics = metrics_for(config.metrics, self._metrics, self._hub, self._check_fork)
             if self._started and config.heartbeat_seconds > 0:
                 self._start_heartbeats()
             return
@@ -104,6 +109,7 @@ class SSEBroker:
                 "redis_url, redis_prefix and history_size cannot change while streams are open"
             )
         self.config = self._hub.config = config
+        self._metrics = metrics_for(config.metrics, self._metrics, self._hub, self._check_fork)
         previous, self.backend = self.backend, backend_for(config)
         self._attach(self.backend)
         if self._started:
@@ -128,6 +134,8 @@ class SSEBroker:
         self._hub.start()
         self.backend.start()
         self._start_heartbeats()
+        if self._metrics is not None:
+            self._metrics.ensure_running()
         if self.config.handle_sigterm:
             # Installed at registration already, unless the app was imported
             # before a fork (gunicorn --preload). From a request this works
@@ -394,13 +402,31 @@ class SSEBroker:
         if len(body) > self.config.max_event_bytes:
             raise EventTooLarge(len(body), self.config.max_event_bytes)
         self._check_fork()
-        hub = self._hub
         if key is None:
             queued = self.backend.publish(audience, target, body)
         else:  # passed only when given, so a backend written before it still works
             if not isinstance(key, str) or not 0 < len(key) <= MAX_ID_LENGTH:
                 raise ValueError(f"idempotency_key must be a str of 1 to {MAX_ID_LENGTH} characters")
             queued = self.backend.publish(audience, target, body, idempotency_key=key)
+        self._published(((audience, target, event),), (queued,))
+        return queued
+
+    def _publish_events(self, items: t.Sequence[_Item]) -> list[str]:
+        """Publish checked items in order (``POST /publish``); their ids."""
+        self._check_fork()
+        bodies = [(audience, target, event.body) for audience, target, event in items]
+        # In process, one at a time: streams may write between two events.
+        step = 1 if self.backend.delivers_in_caller else len(bodies)
+        results: list[tuple[str, int]] = []
+        for i in range(0, len(bodies), step):
+            results += self.backend.publish_batch(bodies[i : i + step])
+            self._published(items[i : i + step], [queued for _, queued in results[i:]])
+        return [event_id for event_id, _ in results]
+
+    def _published(self, items: t.Sequence[_Item], queued: t.Sequence[int]) -> None:
+        """After the backend took events: the hub's after-lock work, a yield
+        if a stream falls behind, metrics, signals."""
+        hub = self._hub
         hub.run_after_lock()
         if hub.pressure:
             # A recipient is falling behind: let the streams run before the
@@ -408,9 +434,11 @@ class SSEBroker:
             hub.pressure = False
             flush_wakeups()
             time.sleep(0)
+        if self._metrics is not None:
+            self._metrics.count_published(len(items))
         if signals.event_published.receivers:
-            signals.event_published.send(self, event=event, target=audience.value, key=target, queued=queued)
-        return queued
+            for (audience, target, event), n in zip(items, queued, strict=True):
+                signals.event_published.send(self, event=event, target=audience.value, key=target, queued=n)
 
     # -- queries -------------------------------------------------------------
 

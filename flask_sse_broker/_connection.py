@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import time
 import typing as t
+from bisect import bisect_left
 
 from ._socket import peer_closed
+from ._timing import BUCKETS
 from ._topics import Subscriptions
 from ._wire import HEARTBEAT_FRAME, Envelope, Frame, Seq
 
 if t.TYPE_CHECKING:
     import threading
 
+    from ._timing import DeliveryTiming
     from ._wake import Wake
 
 #: What a connection queues: events, and bare frames (heartbeats, the final hint).
@@ -74,6 +77,8 @@ class SSEConnection:
     :param on_close: called (without the lock) with the connection when it
         ends, however it ends; must be idempotent.
     :param wake: set by whoever queues for a waiting stream.
+    :param timing: where the stream counts the delay of each write (metrics
+        on), or ``None``: then no clock is read for this stream.
     """
 
     __slots__ = (
@@ -86,8 +91,11 @@ class SSEConnection:
         "_queue",
         "_released",
         "_skip_through",
+        "_timing",
+        "_unrecorded",
         "_waiting",
         "_wake",
+        "_written",
         "client",
         "dropped",
         "opened_at",
@@ -99,6 +107,7 @@ class SSEConnection:
         lock: threading.Lock,
         on_close: t.Callable[[SSEConnection], None],
         wake: Wake,
+        timing: DeliveryTiming | None = None,
     ) -> None:
         self.client = client
         self.opened_at = time.time()
@@ -127,6 +136,12 @@ class SSEConnection:
         #: The client's socket, when the server exposes it: lets a heartbeat
         #: find a peer that closed without writing to it.
         self._peer: t.Any = None
+        self._timing = timing
+        #: The last chunk handed to the server, timed once it is written.
+        self._unrecorded: list[Queued] | None = None
+        #: ``(delay, events)`` of that chunk once written, counted by the next
+        #: ``_take`` in the lock hold it takes anyway (or by a scrape).
+        self._written: tuple[float, int] | None = None
 
     def __repr__(self) -> str:
         return f"<SSEConnection of {self.client.id!r} queued={len(self._queue)} closed={self._closed}>"
@@ -142,6 +157,14 @@ class SSEConnection:
         head, self._head = self._head, None
         if head:
             return b"".join(head)
+        timing = self._timing
+        if timing is not None and self._unrecorded is not None:
+            # The server asks for the next chunk once the last one is written:
+            # time it now (inline: this runs once per write).
+            chunk, self._unrecorded = self._unrecorded, None
+            published = chunk[0].at or chunk[-1].at
+            if published:
+                self._written = (time.time() - published, len(chunk))
         while True:
             batch = self._take()
             skip = self._skip_through
@@ -151,6 +174,8 @@ class SSEConnection:
                 batch = [e for e in batch if e.seq is None or e.seq > skip]
                 if any(e.seq is not None for e in batch):
                     self._skip_through = None
+            if timing is not None and batch:
+                self._unrecorded = batch
             if len(batch) == 1:  # a heartbeat, or a stream keeping up
                 if batch[0] is HEARTBEAT_FRAME and peer_closed(self._peer):
                     self.close()
@@ -169,9 +194,17 @@ class SSEConnection:
         """
         lock = self._lock
         wake = self._wake
+        timing = self._timing
         while True:
             wake.wait()
             with lock:
+                if timing is not None and self._written is not None:
+                    # The last write's delay (``DeliveryTiming.add_locked``,
+                    # inline: once per write).
+                    delay, events = self._written
+                    self._written = None
+                    timing.counts[bisect_left(BUCKETS, delay)] += events
+                    timing.total += delay * events
                 if self._closed:
                     if self._queue:  # the final frame; the wake-up stays set
                         batch, self._queue = self._queue, []

@@ -27,6 +27,7 @@ from collections import deque
 
 from ._connection import SSEClient, SSEConnection
 from ._sessions import Sessions
+from ._timing import DeliveryTiming
 from ._topics import TopicIndex, is_pattern
 from ._wire import HEARTBEAT_FRAME, Audience, Envelope, Frame, encode_body, frame, json_dumps
 from .exceptions import BrokerUnavailable, ClientNotFound, TooManyConnections, TooManyTopics
@@ -74,6 +75,8 @@ class Hub:
         #: Every connection's ``on_close``: one bound method shared by all,
         #: not one per connection (ten thousand idle streams per worker).
         self._release = self.release
+        #: Publish-to-write timing (metrics on; under the lock); None: no clock.
+        self.timing: DeliveryTiming | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -106,6 +109,8 @@ class Hub:
         self._after_lock: deque[tuple[t.Any, ...]] = deque()
         #: Set once shutdown has seen every stream end.
         self.drained = threading.Event()
+        if self.timing is not None:
+            self.timing.clear()
 
     def start(self) -> None:
         """Make the primitives a running broker waits on. Called when the
@@ -177,7 +182,7 @@ class Hub:
             if first:
                 self._clients[client_id] = client
                 self._sessions.forget(client_id)
-            conn = SSEConnection(client, self.lock, self._release, wake)
+            conn = SSEConnection(client, self.lock, self._release, wake, self.timing)
             client._connections.append(conn)
             self._connections.add(conn)
             self._open_streams += 1
@@ -378,6 +383,8 @@ class Hub:
     def deliver_locked(self, envelope: Envelope) -> int:
         """Queue an event for its local recipients; caller holds :attr:`lock`
         and calls :meth:`run_after_lock` after releasing it."""
+        if self.timing is not None and not envelope.at:
+            envelope.at = time.time()  # once per publish, for the delay metric
         audience = envelope.audience
         if audience is _TOPIC:
             recipients: t.Iterable[SSEConnection] = self._topics.match(envelope.target)  # type: ignore[arg-type]
@@ -500,6 +507,14 @@ class Hub:
                 closing=self.closing,
             )
         return result
+
+    def metric_values(self) -> tuple[dict[str, int], DeliveryTiming | None]:
+        """Counters, sizes and a copy of the timing (idle streams' last writes in)."""
+        with self.lock:
+            values = dict(self.counters, clients=len(self._clients), topics=len(self._topics))
+            values["connections"] = len(self._connections)
+            timing = self.timing
+            return values, timing.collect_locked(self._connections) if timing is not None else None
 
     def debug_state(self, conn: SSEConnection | None = None) -> dict[str, t.Any]:
         """Everything the lock guards, as plain data, for tests: proof that

@@ -140,6 +140,8 @@ class Frame:
 
     #: Always ``None``: lets a stream read ``seq`` of anything it dequeues.
     seq: Seq | None = None
+    #: Always ``0.0``: not an event, so never timed.
+    at = 0.0
 
     def __init__(self, frame: bytes) -> None:
         self.frame = frame
@@ -156,7 +158,7 @@ class Envelope:
     events are delivered, replayed and de-duplicated in ``seq`` order.
     """
 
-    __slots__ = ("audience", "frame", "seq", "target")
+    __slots__ = ("at", "audience", "frame", "seq", "target")
 
     def __init__(self, seq: Seq, audience: Audience, target: str | None, frame: bytes) -> None:
         self.seq = seq
@@ -164,6 +166,9 @@ class Envelope:
         #: The topic (``TOPIC``) or the client id (``CLIENT``); ``None`` for ``ALL``.
         self.target = target
         self.frame = frame
+        #: When it was published (``time.time()``), for the delivery-delay
+        #: metric; ``0.0`` unless metrics are on (or the backend knows it).
+        self.at = 0.0
 
     @classmethod
     def encode(cls, seq: Seq, audience: Audience, target: str | None, body: bytes) -> Envelope:

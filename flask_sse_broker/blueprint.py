@@ -15,7 +15,7 @@ import typing as t
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
-from . import _requests
+from . import _publish, _requests
 from ._broker import SSEBroker, new_client_id
 from ._process import install_sigterm_handler
 from ._requests import RequestError
@@ -57,6 +57,7 @@ def create_blueprint(
     bp.record_once(lambda state: _on_register(t.cast(Flask, state.app), broker))
     bp.record(lambda state: _prefixes(t.cast(Flask, state.app)).add(state.url_prefix or ""))
     bp.register_error_handler(SSEError, _error_response)
+    bp.register_error_handler(_publish.PublishError, _publish.PublishError.response)
     bp.before_app_request(_json_routing_errors)
 
     @bp.get("/connect")
@@ -109,6 +110,19 @@ def create_blueprint(
         if not admitted:
             raise RequestError(404, "not found")
         return jsonify(broker.stats())
+
+    @bp.post("/publish")
+    def publish() -> Response:
+        return jsonify(ids=_publish.publish(broker))
+
+    @bp.get("/metrics")
+    def metrics() -> Response:
+        guard = broker.config.metrics
+        admitted = guard() if callable(guard) else guard is True
+        if not admitted or broker._metrics is None:
+            raise RequestError(404, "not found")
+        body, content_type = broker._metrics.render(request.headers.get("Accept", ""))
+        return Response(body, content_type=content_type, headers={"Cache-Control": "no-store"})
 
     @bp.get("/client.js")
     def client_js() -> Response:

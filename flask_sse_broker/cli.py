@@ -19,21 +19,41 @@ def register(bp: Blueprint, broker: SSEBroker) -> None:
     @click.argument("topic")
     @click.argument("data")
     @click.option("--event", "event_name", default=None, help="Event name (default: message).")
-    def publish(topic: str, data: str, event_name: str | None) -> None:
+    @click.option(
+        "--url",
+        default=None,
+        help="Publish through a running server's POST /_sse/publish at this URL "
+        "(e.g. https://example.com/_sse/publish) instead of through Redis.",
+    )
+    @click.option(
+        "--key",
+        envvar="SSE_PUBLISH_KEY",
+        default=None,
+        help="Bearer key for --url (default: $SSE_PUBLISH_KEY).",
+    )
+    def publish(topic: str, data: str, event_name: str | None, url: str | None, key: str | None) -> None:
         """Publish DATA (JSON, or else a string) to TOPIC.
 
         This command runs in its own process, so it reaches browsers only
-        through a shared backend: it needs SSE_REDIS_URL.
+        through a shared backend (SSE_REDIS_URL) or through a running server
+        (--url, with its publish key).
         """
-        if not broker.config.redis_url:
-            raise click.ClickException(
-                "set SSE_REDIS_URL: with the in-process backend this command's own "
-                "broker has no subscribers, so nothing would be delivered"
-            )
         try:
             payload = json.loads(data)
         except ValueError:
             payload = data
+        if url is not None:
+            body: dict[str, t.Any] = {"topic": topic, "data": payload}
+            if event_name is not None:
+                body["event"] = event_name
+            ids = _post(url, key, body)
+            click.echo(f"published to {topic!r}; event id {ids[0]}")
+            return
+        if not broker.config.redis_url:
+            raise click.ClickException(
+                "set SSE_REDIS_URL, or use --url: with the in-process backend this "
+                "command's own broker has no subscribers, so nothing would be delivered"
+            )
         try:
             broker.broadcast_to_topic(topic, payload, event=event_name)
         except (ValueError, TypeError) as e:
@@ -46,3 +66,24 @@ def register(bp: Blueprint, broker: SSEBroker) -> None:
         result = broker.stats()
         result["cluster_clients"] = broker.client_count(cluster=True)
         click.echo(json.dumps(result, indent=2, sort_keys=True))
+
+
+def _post(url: str, key: str | None, body: dict[str, t.Any]) -> list[str]:
+    """POST one event to a server's publish route; its ids, or a ClickException."""
+    import urllib.error
+    import urllib.request
+
+    if not url.startswith(("http://", "https://")):
+        raise click.ClickException(f"--url must be an http(s) URL: {url!r}")
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return list(json.load(response)["ids"])
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode("utf-8", "replace")[:500]
+        raise click.ClickException(f"the server answered {e.code}: {detail}") from None
+    except (OSError, ValueError, KeyError) as e:
+        raise click.ClickException(f"publishing to {url} failed: {e}") from None

@@ -83,6 +83,23 @@ class SSEConfig:
     #: Guard for ``GET /stats``: a callable run in the request context (``True``
     #: admits). ``None`` or ``False`` keeps the route a 404.
     stats: t.Callable[[], bool] | bool | None = None
+    #: Guard for ``GET /metrics`` (Prometheus text format), like ``stats``: a
+    #: callable run in the request context, or ``True``. Anything but ``None``
+    #: or ``False`` also turns on the bookkeeping behind the metrics (one clock
+    #: read per publish and per stream write), so it needs the ``[metrics]``
+    #: extra (``prometheus_client``).
+    metrics: t.Callable[[], bool] | bool | None = None
+    #: Bearer key that enables ``POST /publish``: requests must carry
+    #: ``Authorization: Bearer <key>`` (compared in constant time).
+    publish_key: str | None = None
+    #: Hook that enables ``POST /publish``: called with the Flask request
+    #: (typed ``Any`` so this module needs no Flask), ``False`` answers 403.
+    #: With ``publish_key`` also set, both must admit.
+    can_publish: t.Callable[[t.Any], bool] | None = None
+    #: Largest ``POST /publish`` body: room for a batch of 1,000 events of
+    #: about 4 KiB each. An event larger than ``max_event_bytes`` is refused
+    #: whatever the body size.
+    max_publish_bytes: int = 4 * 1024 * 1024
     #: End every stream when the process gets SIGTERM (chaining to the previous
     #: handler), so gunicorn's graceful shutdown is not spent waiting on them.
     handle_sigterm: bool = True
@@ -98,6 +115,9 @@ class SSEConfig:
         _positive_int("max_topics_per_connection", self.max_topics_per_connection)
         _positive_int("max_topic_length", self.max_topic_length)
         _positive_int("max_event_bytes", self.max_event_bytes)
+        _positive_int("max_publish_bytes", self.max_publish_bytes)
+        if self.publish_key is not None and (not isinstance(self.publish_key, str) or not self.publish_key):
+            raise ValueError("publish_key must be a non-empty str or None")
         if self.max_connections is not None:
             _non_negative_int("max_connections", self.max_connections)
         if self.max_sessions is not None:

@@ -23,6 +23,12 @@ broker = SSEBroker(
 # Benchmarks of what an optimisation bought switch it off through its
 # documented attribute (``ours-event``), never by patching internals.
 broker.batched_wakeups = os.environ.get("BENCH_WAKE", "batched") == "batched"
+# HTTP publish (``benchmarks.publish_http``) and metrics (``ours-metrics``),
+# as Flask config so the app also runs a library without those settings.
+if os.environ.get("BENCH_PUBLISH_KEY"):
+    app.config["SSE_PUBLISH_KEY"] = os.environ["BENCH_PUBLISH_KEY"]
+if os.environ.get("BENCH_METRICS"):
+    app.config["SSE_METRICS"] = True
 app.register_blueprint(create_blueprint(broker))
 
 

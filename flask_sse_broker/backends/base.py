@@ -22,7 +22,7 @@ connection itself. What a backend may use of the hub:
 
 A backend has four roles:
 
-**history** - :meth:`~Backend.publish`, :meth:`~Backend.replay`,
+**history** - :meth:`~Backend.publish`, :meth:`~Backend.publish_batch`, :meth:`~Backend.replay`,
 :meth:`~Backend.last_event_id`, :meth:`~Backend.is_valid_id`. It assigns every
 event its id, keeps the replay history, and hands every event to the hub of
 every process that may hold a recipient, in id order.
@@ -96,6 +96,11 @@ class Backend:
 
     #: The hub of this process, set by :meth:`bind`.
     hub: Hub
+    #: Whether :meth:`publish` queues an event for this process's streams
+    #: before it returns, in the caller's thread (an in-process backend). The
+    #: broker then hands a batch over one event at a time, so streams can
+    #: write between two events instead of overflowing under a long batch.
+    delivers_in_caller = False
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -144,6 +149,19 @@ class Backend:
 
         :raises BackendError: the event could not be recorded (or may have
             been: see :attr:`BackendError.idempotency_key`).
+        """
+        raise NotImplementedError
+
+    def publish_batch(self, items: t.Sequence[tuple[Audience, str | None, bytes]]) -> list[tuple[str, int]]:
+        """Publish ``(audience, target, body)`` items in order, each as
+        :meth:`publish` would; return every event's id and local queued count.
+
+        Used by ``POST /publish``, which has checked every item first. A
+        backend that can ship the batch in one step (one Redis transaction)
+        does, so that when it raises :exc:`BackendError` none of the batch
+        was published. The default publishes one at a time, which suits an
+        in-process backend (it cannot fail half-way) but no network one: it
+        cannot report the ids.
         """
         raise NotImplementedError
 

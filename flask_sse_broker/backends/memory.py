@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import typing as t
 from collections import deque
 
 from .._wire import Audience, Envelope, parse_event_id
@@ -44,11 +45,21 @@ class MemoryBackend(Backend):
         # rendered then can still connect from it and miss nothing.
         return f"{self._epoch}-{self._seq}"
 
+    delivers_in_caller = True
+
     def publish(
         self, audience: Audience, target: str | None, body: bytes, *, idempotency_key: str | None = None
     ) -> int:
         # In process a publish either fails before it stores anything or
         # succeeds: there is nothing for a key to make safe.
+        return self._publish(audience, target, body)[1]
+
+    def publish_batch(self, items: t.Sequence[tuple[Audience, str | None, bytes]]) -> list[tuple[str, int]]:
+        # One lock hold per event, not per batch: a batch of 1,000 broadcasts
+        # must not keep every stream from taking its queue meanwhile.
+        return [self._publish(audience, target, body) for audience, target, body in items]
+
+    def _publish(self, audience: Audience, target: str | None, body: bytes) -> tuple[str, int]:
         hub = self.hub
         with hub.lock:
             self._seq += 1
@@ -57,7 +68,7 @@ class MemoryBackend(Backend):
                 self._history.append(envelope)
             queued = hub.deliver_locked(envelope)
         hub.run_after_lock()
-        return queued
+        return envelope.id, queued
 
     def last_event_id(self) -> str | None:
         with self.hub.lock:

@@ -29,7 +29,7 @@ from redis.retry import Retry
 
 from .._topics import Subscriptions, is_pattern
 from ..exceptions import BackendError, BrokerUnavailable, ClientNotFound, InvalidEventId, TooManyTopics
-from ._redis_keys import ORIGIN, PUBLISH_SCRIPT, RedisKeys, encode_control, entry_envelope
+from ._redis_keys import ORIGIN, PUBLISH_SCRIPT, RedisKeys, encode_control, entry_envelope, text
 from ._redis_listener import RedisListener
 from ._redis_presence import RedisPresence
 from .base import Audience, Backend, Replay, logger
@@ -166,28 +166,62 @@ class RedisBackend(Backend):
         :raises BackendError: Redis did not answer or refused; the event may
             have been stored. Its ``idempotency_key`` makes a retry safe.
         """
-        if self.history_size:
-            maxlen, how = self.history_size + 1, "~"  # +1: see replay()
-        else:
-            maxlen, how = 0, "="
         key = idempotency_key or secrets.token_urlsafe(16)
-        keys = [self._keys.stream, self._keys.last, self._keys.published(key)]
-        args = [self._keys.channel, maxlen, audience.value, target or "", body, how]
-        args.append(int(self.idempotency_ttl * 1000))
+        script_args = self._script_args(audience, target, body, key)
         try:
             try:
-                self._publish_script(keys=keys, args=args)
+                self._publish_script(**script_args)
             except redis.ConnectionError:
                 # Most often a pooled connection that died with a Redis restart:
                 # once more on a fresh one, safe under the same key. Not after
                 # a timeout: a hung Redis would only make the publisher wait
                 # twice as long.
-                self._publish_script(keys=keys, args=args)
+                self._publish_script(**script_args)
         except redis.RedisError as e:
             error = _error("publishing the event failed", e)
             error.idempotency_key = key
             raise error from e
         return self.hub.recipient_count(audience, target)
+
+    def publish_batch(self, items: t.Sequence[tuple[Audience, str | None, bytes]]) -> list[tuple[str, int]]:
+        """Publish every item in one round trip, as one ``MULTI``/``EXEC``
+        transaction: the batch is in the stream, contiguous and in order, or
+        (Redis refused or unreachable) none of it is.
+
+        :raises BackendError: Redis did not take the batch.
+        """
+        try:
+            pipe = self._redis.pipeline(transaction=True)
+            for audience, target, body in items:
+                script_args = self._script_args(audience, target, body, secrets.token_urlsafe(16))
+                self._publish_script(**script_args, client=pipe)
+            ids = pipe.execute()
+        except redis.RedisError as e:
+            raise _error("publishing the events failed", e) from e
+        return [
+            (text(event_id), self.hub.recipient_count(audience, target))
+            for event_id, (audience, target, _) in zip(ids, items, strict=True)
+        ]
+
+    def _script_args(
+        self, audience: Audience, target: str | None, body: bytes, idempotency_key: str
+    ) -> dict[str, list[t.Any]]:
+        if self.history_size:
+            maxlen, how = self.history_size + 1, "~"  # +1: see replay()
+        else:
+            maxlen, how = 0, "="
+        return {
+            "keys": [self._keys.stream, self._keys.last, self._keys.published(idempotency_key)],
+            "args": [
+                self._keys.channel,
+                maxlen,
+                audience.value,
+                target or "",
+                body,
+                how,
+                int(self.idempotency_ttl * 1000),
+            ],
+        }
 
     def last_event_id(self) -> str | None:
         try:
