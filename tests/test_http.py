@@ -122,12 +122,18 @@ def test_order_of_1000_events_from_4_publishers(server: Server) -> None:
 
 
 def collect_resuming(
-    server: Server, topics: str, count: int, barrier: threading.Barrier, timeout: float = 60.0
+    server: Server,
+    topics: str,
+    count: int,
+    barrier: threading.Barrier,
+    timeout: float = 60.0,
+    got: list[t.Any] | None = None,
 ) -> list[t.Any]:
     """Read ``count`` message payloads, reconnecting with the last event id
     whenever the stream ends, as a browser does; pass ``barrier`` once
-    connected. Returns the payloads in arrival order."""
-    got: list[t.Any] = []
+    connected. Returns the payloads in arrival order, appended to ``got`` as
+    they arrive when it is given (so another thread can watch progress)."""
+    got = [] if got is None else got
     deadline = time.monotonic() + timeout
     reader = EventReader(connect_url(server, topics=topics))
     try:
@@ -237,14 +243,23 @@ def test_a_stalled_client_is_bounded_and_others_are_not_slowed(server: Server) -
     ready = threading.Barrier(2)
     total = 10_000
     collector = threading.Thread(
-        target=lambda: received.extend(collect_resuming(server, "firehose", total, ready, timeout=90))
+        target=collect_resuming,
+        args=(server, "firehose", total, ready),
+        kwargs={"timeout": 90, "got": received},
     )
     collector.start()
     ready.wait(10)
     max_queued = 0
     # 10,000 events at a steady pace of about 2,000/s: 20 per request, 100 requests/s.
+    # The publisher never runs more than half the history ahead of the reading
+    # client: a reader slower than 2,000/s (a loaded machine, an old Python)
+    # is dropped and resumes, but never falls out of the history into `reset`.
+    # A server that let the stalled client slow the others stalls the reader,
+    # and so this loop, until the wait below fails.
+    lead = SHARED_CONFIG["SSE_HISTORY_SIZE"] // 2
     start = time.monotonic()
     for batch in range(total // 20):
+        wait_for(lambda: len(received) >= batch * 20 - lead, 30, what="the reading client keeps up")  # noqa: B023
         # 2 KiB events, so the kernel's socket buffers fill and the server's bound is what holds.
         server.post("/test/publish", {"topic": "firehose", "count": 20, "publisher": batch, "pad": 2048})
         if batch % 25 == 0:
@@ -408,7 +423,9 @@ def test_bad_subscribe_requests_get_their_status(
     )
     assert got == status, answer
     assert json.loads(answer)["error"]
-    assert server.state()["topics"] == before["topics"]
+    # Nothing was subscribed. (Compared as "no topic appeared": a client of an
+    # earlier test may be released meanwhile, and its topics vanish.)
+    assert set(server.state()["topics"]) <= set(before["topics"])
 
 
 def test_subscribe_for_a_client_that_is_gone_is_404(server: Server) -> None:
