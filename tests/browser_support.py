@@ -8,8 +8,11 @@ browser tests are skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
+import threading
 import typing as t
 
 import pytest
@@ -71,3 +74,73 @@ def open_page(page: t.Any, url: str) -> t.Any:
 def wait_js(page: t.Any, expression: str, arg: t.Any = None, timeout: float = WAIT_MS) -> t.Any:
     """Wait until the JS function ``expression`` returns a truthy value; return it."""
     return page.wait_for_function(expression, arg=arg, timeout=timeout).json_value()
+
+
+class Outage:
+    """A TCP relay in front of a server, for a network outage on demand.
+
+    Pages load through :meth:`url`; :meth:`cut` drops every relayed
+    connection (both ends see it end, as after a cable pull the server finds
+    out at its next heartbeat) and refuses new ones until :meth:`restore`.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port = self._listener.getsockname()[1]
+        self._down = False
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._down:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets.update((client, upstream))
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            self._drop(sock)
+
+    def _drop(self, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            self._sockets.discard(sock)
+
+    def cut(self) -> None:
+        self._down = True
+        with self._lock:
+            sockets = list(self._sockets)
+        for sock in sockets:
+            self._drop(sock)
+
+    def restore(self) -> None:
+        self._down = False
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()

@@ -1,5 +1,9 @@
 """The app the browser tests load: :mod:`tests.apps.serverapp` plus a test page.
 
+Besides :mod:`tests.serverapp`'s routes: ``SSE_TEST_SECRET_KEY`` replaces
+the app's ``SECRET_KEY`` (a key rotation), and ``POST /test/revoke`` calls
+``broker.revoke(topic, client_id)``.
+
 ``GET /page`` is a page that imports the browser client from
 ``/_sse/client.js`` as a user's page would, embeds ``broker.last_event_id()``
 as it was when the page was rendered, and offers ``window.track(client)``,
@@ -9,8 +13,10 @@ which records a client's events, states and errors for the test to read.
 from __future__ import annotations
 
 import json
+import os
+import typing as t
 
-from flask import Flask, current_app
+from flask import Flask, current_app, jsonify, request
 
 from tests.apps import serverapp
 
@@ -47,11 +53,19 @@ window.ready = true;
 
 def create_app() -> Flask:
     app = serverapp.create_app()
+    if os.environ.get("SSE_TEST_SECRET_KEY"):
+        app.config["SECRET_KEY"] = os.environ["SSE_TEST_SECRET_KEY"]
 
     @app.get("/page")
     def page() -> tuple[str, int, dict[str, str]]:
         broker = current_app.extensions["sse"]
         html = PAGE % {"last_event_id": json.dumps(broker.last_event_id())}
         return html, 200, {"Content-Type": "text/html; charset=utf-8"}
+
+    @app.post("/test/revoke")
+    def revoke() -> t.Any:
+        body = request.get_json()
+        broker = current_app.extensions["sse"]
+        return jsonify(affected=broker.revoke(body["topic"], body.get("client_id")))
 
     return app
