@@ -108,7 +108,7 @@ def test_eight_tabs_share_one_connection_and_each_gets_exactly_its_events(
             expected[i] += [{"r": r, "all": True}, {"r": r, "you": True}]
     # The last event every page expects is a direct send published last: once
     # it is in, everything published before it is in too (order).
-    for page, want in zip(pages, expected):
+    for page, want in zip(pages, expected, strict=True):
         assert wait_count(page, len(want)) == want
     assert all(page.console_errors == [] for page in pages)
 

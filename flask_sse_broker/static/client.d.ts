@@ -56,9 +56,14 @@ export interface SSEConfig {
    * connection however many tabs are open. Each tab keeps this whole API and
    * receives only events of its own topics, plus broadcasts and direct sends.
    * Where SharedWorker is missing, the client opens a stream of its own.
+   *
+   * A string shares the stream only among tabs that give the same string:
+   * when the client id follows the logged-in user (`identify`), pass
+   * something that changes with the login (e.g. the user id), so a tab that
+   * logged in as someone else does not join the previous user's stream.
    * Default `false`.
    */
-  shared?: boolean;
+  shared?: boolean | string;
 }
 
 /** One event as handlers receive it. */

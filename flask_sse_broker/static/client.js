@@ -736,11 +736,15 @@ class SharedSSEClient extends SSEClient {
     }
     this._releaseLock = release;
     const url = new URL(this.config.url, baseURL()).toString();
+    // Tabs share a stream when they use the same URL and the same key (a
+    // string `shared`), e.g. the logged-in user, so that a tab that logged
+    // in as someone else does not join the previous user's stream.
+    const key = typeof this.config.shared === "string" ? `${url} ${this.config.shared}` : url;
     let worker;
     try {
       worker = new SharedWorker(new URL("./shared-worker.js", import.meta.url), {
         type: "module",
-        name: `flask-sse-broker ${url}`,
+        name: `flask-sse-broker ${key}`,
       });
     } catch (error) {
       this._log("no shared worker:", error);
@@ -752,10 +756,10 @@ class SharedSSEClient extends SSEClient {
       if (!this._welcomed && this._port === worker.port) this._fallBack(event);
     };
     this._port = worker.port;
-    this._url = url;
+    this._url = key;
     worker.port.onmessage = (event) => this._fromWorker(event.data);
     worker.port.start();
-    const { topics, events, ...config } = this.config;
+    const { topics, events, shared, ...config } = this.config;
     this._send({
       op: "join",
       lock: release ? lock : null,

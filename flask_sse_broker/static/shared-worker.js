@@ -290,7 +290,7 @@ function errorInfo(error) {
   return { message: String(error?.message ?? error), status: error?.status ?? null };
 }
 
-/** Stream URL -> its hub. A worker is named after its URL, so normally one. */
+/** Hub key -> hub. A worker is named after its key, so normally one. */
 const hubs = new Map();
 
 function receive(port, message) {
@@ -302,6 +302,8 @@ function receive(port, message) {
     }
     let hub = hubs.get(message.url);
     if (!hub) {
+      // `message.url` is the hub's key: the stream URL, plus the string given
+      // as `shared`; the stream URL itself is `config.url`.
       hub = new Hub(message.url, message.config, (empty) => {
         if (hubs.get(empty.url) === empty) hubs.delete(empty.url);
       });

@@ -95,8 +95,9 @@ standalone.connect();
 const wrong: SSEState = "open";
 // @ts-expect-error: maxRetries is a number
 createSSEClient({ maxRetries: "5" });
-// @ts-expect-error: shared is a boolean
-createSSEClient({ shared: "yes" });
+createSSEClient({ shared: "user-42" });
+// @ts-expect-error: shared is a boolean or a key string
+createSSEClient({ shared: 1 });
 // @ts-expect-error: topics are strings
 void sse.subscribe(42);
 console.log(wrong);
