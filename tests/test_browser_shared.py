@@ -164,6 +164,21 @@ def test_a_tab_cannot_subscribe_to_a_forbidden_topic(context: t.Any, server: Ser
     assert wait_count(first, 1) == ["still"]
 
 
+def test_a_page_joining_a_running_stream_gets_what_was_published_since_its_render(
+    context: t.Any, server: Server
+) -> None:
+    first, late = tabs(context, server, 2)  # both rendered now, embedding the cursor
+    join(first, ["gap-s"])
+    server.publish("gap-s", count=3)
+    server.publish("gap-other", "not for the late page")
+    assert len(wait_count(first, 3)) == 3
+    join(late, ["gap-s"], lastEventId=late.evaluate("() => window.LAST_EVENT_ID"))
+    server.publish("gap-s", "live")
+    got = wait_count(late, 4)
+    assert got == [{"n": i, "p": 0, "pad": ""} for i in range(3)] + ["live"]
+    assert late.evaluate("() => rec.c.named.reset") == []
+
+
 def test_shared_stream_reconnects_after_a_server_restart_and_resumes(
     context: t.Any, own_server: Server
 ) -> None:

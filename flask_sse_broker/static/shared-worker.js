@@ -36,6 +36,8 @@ import { SSEClient } from "./client.js";
 
 /** A member silent this long is gone (only without the Web Locks API). */
 const MEMBER_TIMEOUT = 180000;
+/** Events kept for tabs joining a running stream (see Hub.catchUp). */
+const RECENT_EVENTS = 500;
 /** Events the stream client handles itself and the worker relays. */
 const CONTROL = new Set(["connected", "heartbeat", "reset", "revoked"]);
 
@@ -54,6 +56,20 @@ export function matches(sub, topic) {
   return want.length === have.length;
 }
 
+/** Compare two event ids of the form `<int>-<int>` (both backends' shape):
+ * -1, 0 or 1; `null` when either is not of that form. */
+export function compareIds(a, b) {
+  const pattern = /^(\d+)-(\d+)$/;
+  const x = pattern.exec(a ?? "");
+  const y = pattern.exec(b ?? "");
+  if (!x || !y) return null;
+  for (const i of [1, 2]) {
+    const [p, q] = [BigInt(x[i]), BigInt(y[i])];
+    if (p !== q) return p < q ? -1 : 1;
+  }
+  return 0;
+}
+
 function matchesAny(subs, topic) {
   for (const sub of subs) if (matches(sub, topic)) return true;
   return false;
@@ -68,6 +84,9 @@ class Hub {
     this.listening = new Set(); // event names the stream client listens to
     this.onEmpty = onEmpty;
     this.ops = Promise.resolve(); // topic changes, one at a time, in order
+    this.recent = []; // the last RECENT_EVENTS routed events, {seq, type, raw, id, topic}
+    this.seq = 0;
+    this.evicted = null; // id of the newest event that left `recent`
     const client = new SSEClient({ ...config, topics: [], shared: false });
     client._sharedStream = true;
     client.onStateChange((state) => {
@@ -97,6 +116,7 @@ class Hub {
       names: new Set(),
       seen: Date.now(),
       abort: null,
+      joining: true, // live events wait in `recent` until catchUp()
     };
     this.members.set(member.id, member);
     this.listen(member, message.names || []);
@@ -112,6 +132,7 @@ class Hub {
     const topics = message.topics || [];
     if (client.state === "disconnected" && !this.started) {
       // The first member opens the stream, from its cursor, with its topics.
+      member.joining = false;
       for (const topic of topics) member.topics.add(topic);
       client._topics = new Set(topics);
       client._lastEventId = message.lastEventId || null;
@@ -119,24 +140,54 @@ class Hub {
       client.connect();
       return;
     }
-    const ask = message.lastEventId;
-    this.change(member, "subscribe", topics).then(
-      () => {
-        if (client.state === "connected") {
-          this.hello(member);
-          // The tab asked for events since a cursor the stream has moved
-          // past: what it missed on its topics cannot be told apart.
-          if (ask && ask !== client.lastEventId) {
-            const data = JSON.stringify({ lastEventId: client.lastEventId });
-            this.send(member, { kind: "event", type: "reset", raw: data, id: client.lastEventId });
-          }
-        } else {
-          this.send(member, { kind: "state", state: client.state });
-          if (client.state === "error" || client.state === "disconnected") client.connect();
-        }
-      },
-      (error) => this.send(member, { kind: "error", info: errorInfo(error) }),
-    );
+    const since = this.seq;
+    const done = () => {
+      if (client.state === "connected") this.hello(member);
+      else this.send(member, { kind: "state", state: client.state });
+      this.catchUp(member, message.lastEventId, since);
+      if (client.state === "error" || client.state === "disconnected") client.connect();
+    };
+    this.change(member, "subscribe", topics).then(done, (error) => {
+      this.send(member, { kind: "error", info: errorInfo(error) });
+      done();
+    });
+  }
+
+  /**
+   * A member joined a running stream: send it, from the events the stream
+   * received recently, those for it after its cursor (a page embedding
+   * `broker.last_event_id()` misses nothing published since its render), or
+   * without a cursor those that arrived while it was joining. A cursor older
+   * than what is kept, or not comparable, gets `reset`. Events of topics
+   * the stream did not hold before the tab joined were never received here:
+   * a tab subscribing to new topics gets those from its join on.
+   */
+  catchUp(member, cursor, since) {
+    let events = this.recent.filter((event) => event.seq > since);
+    const current = this.client.lastEventId;
+    if (cursor && cursor !== current) {
+      const order = compareIds(cursor, current);
+      if (order === null || (order < 0 && this.evicted && compareIds(cursor, this.evicted) < 0)) {
+        const data = JSON.stringify({ lastEventId: current });
+        this.send(member, { kind: "event", type: "reset", raw: data, id: current });
+      } else if (order < 0) {
+        events = this.recent.filter((event) => compareIds(event.id, cursor) > 0);
+      }
+    }
+    member.joining = false;
+    for (const event of events) {
+      if (this.routes(event.topic, member)) this.relay(event.type, event, [member]);
+    }
+  }
+
+  /** Whether an event of `topic` goes to `member`. */
+  routes(topic, member) {
+    if (topic === null || topic === undefined) return true;
+    if (matchesAny(member.topics, topic)) return true;
+    // A topic no member holds or dropped: subscribed on the server.
+    if (matchesAny(this.dropped, topic)) return false;
+    for (const other of this.members.values()) if (matchesAny(other.topics, topic)) return false;
+    return true;
   }
 
   /** Tell a member the stream is up, with its own topics. */
@@ -162,13 +213,13 @@ class Hub {
   }
 
   route(type, message) {
-    const topic = message.topic;
-    let members = [...this.members.values()];
-    if (topic !== null && topic !== undefined) {
-      const holders = members.filter((member) => matchesAny(member.topics, topic));
-      if (holders.length || matchesAny(this.dropped, topic)) members = holders;
-    }
-    this.relay(type, message, members);
+    const event = { seq: ++this.seq, type, raw: message.raw, id: message.id, topic: message.topic };
+    this.recent.push(event);
+    if (this.recent.length > RECENT_EVENTS) this.evicted = this.recent.shift().id;
+    const members = [...this.members.values()].filter(
+      (member) => !member.joining && this.routes(event.topic, member),
+    );
+    this.relay(type, event, members);
   }
 
   relay(type, message, members) {
