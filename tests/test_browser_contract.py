@@ -9,11 +9,13 @@ import typing as t
 import pytest
 from itsdangerous import URLSafeSerializer
 
+from flask_sse_broker.client import EventSource
 from flask_sse_broker.tokens import SALT
 
 from .support import EventReader, Server, connect_url, http_request, wait_for
+from .test_client import Consumer
 
-CONFIG = {"SSE_HEARTBEAT_INTERVAL": 0.5, "SSE_HISTORY_SIZE": 200}
+CONFIG = {"SSE_HEARTBEAT_INTERVAL": 0.5, "SSE_HISTORY_SIZE": 200, "SSE_RETRY": 100}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,34 @@ def test_topic_changes_with_a_stale_token_are_403(server: Server, action: str) -
     )
     assert status == 403
     assert json.loads(body)["error"] == "invalid token"
+
+
+def test_python_consumer_survives_a_key_rotation() -> None:
+    app = "tests.browserapp:create_app()"
+    srv = Server("werkzeug", app=app, config=CONFIG).start()
+    source = EventSource(connect_url(srv), topics=["py-rot"])
+    source.reconnect_delay = 0.1
+    consumer = Consumer(source)
+    try:
+        srv.publish("py-rot", "before")
+        assert [e.json() for e in consumer.take(1)] == ["before"]
+        old = (source.client_id, source.token)
+        srv.stop()
+        srv = Server(
+            "werkzeug", app=app, config=CONFIG, env={"SSE_TEST_SECRET_KEY": "rotated"}, port=srv.port
+        )
+        srv.start()
+        wait_for(lambda: source.client_id not in (None, old[0]), 15, what="the consumer to be a new client")
+        srv.publish("py-rot", "after")
+        events = consumer.take(2)
+    finally:
+        consumer.close()
+        srv.stop()
+    assert [(e.event, e.json() if e.event == "message" else None) for e in events] == [
+        ("reset", None),
+        ("message", "after"),
+    ]
+    assert source.token != old[1]
 
 
 # -- unsubscribing a client that is away ----------------------------------------------
