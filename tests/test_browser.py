@@ -338,6 +338,31 @@ def test_after_key_rotation_a_forbidden_topic_still_stops_the_client(page: t.Any
     assert "not authorised" in error["message"]
 
 
+def test_a_topic_request_refused_for_an_old_token_is_retried_with_the_new_one(
+    page: t.Any, server: Server
+) -> None:
+    open_page(page, server.url("/page"))
+    connect(page, "c", {"topics": ["tok-a"]})
+    # The request leaves with a token the server refuses, and a `connected`
+    # with a new token arrives while it is on its way (as after a key rotation).
+    page.evaluate(
+        """() => {
+            const client = clients.c;
+            const token = client._token;
+            client._token = "stale." + token;
+            const fetch = window.fetch;
+            window.fetch = (url, init) => {
+                client._token = token;
+                window.fetch = fetch;
+                return fetch(url, init);
+            };
+        }"""
+    )
+    assert page.evaluate("() => clients.c.subscribe('tok-b')") == ["tok-a", "tok-b"]
+    server.publish("tok-b", "b")
+    assert [e["data"] for e in wait_events(page, "c", 1)] == ["b"]
+
+
 needs_revoke = pytest.mark.skipif(not hasattr(SSEBroker, "revoke"), reason="needs SSEBroker.revoke")
 
 

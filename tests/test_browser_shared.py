@@ -254,6 +254,15 @@ def test_without_shared_worker_each_tab_has_its_own_stream(context: t.Any, serve
     assert pages[0].evaluate("() => clients.c.subscribe('fallback-2')") == ["fallback", "fallback-2"]
 
 
+def test_a_worker_that_cannot_load_falls_back_to_a_stream_per_tab(context: t.Any, server: Server) -> None:
+    context.route("**/_sse/shared-worker.js", lambda route: route.fulfill(status=404, body="gone"))
+    (page,) = tabs(context, server, 1)
+    join(page, ["no-worker"])
+    assert page.evaluate("() => clients.c.shared") is False
+    server.publish("no-worker", "own stream")
+    assert wait_count(page, 1) == ["own stream"]
+
+
 @pytest.mark.skipif(not hasattr(SSEBroker, "revoke"), reason="needs SSEBroker.revoke")
 def test_revoked_reaches_the_tabs_that_hold_the_topic(context: t.Any, server: Server) -> None:
     holder, other = tabs(context, server, 2)
