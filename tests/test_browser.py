@@ -496,6 +496,18 @@ def test_client_js_is_served_with_a_validator(server: Server) -> None:
     assert status == 200 and b"export declare class SSEClient" in body
 
 
+def test_shared_worker_is_served_like_the_client(server: Server) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(server.url("/_sse/shared-worker.js")) as resp:
+        assert resp.headers["Content-Type"].startswith("text/javascript")
+        assert resp.headers["Cache-Control"] == "public, max-age=3600, must-revalidate"
+        etag = resp.headers["ETag"]
+        assert b'from "./client.js"' in resp.read()
+    status, _ = http_request("GET", server.url("/_sse/shared-worker.js"), headers={"If-None-Match": etag})
+    assert status == 304
+
+
 def test_type_declarations_check_with_tsc() -> None:
     if shutil.which("node") is None or shutil.which("npx") is None:
         pytest.skip("Node.js is not installed (apt-get install nodejs npm)")
