@@ -12,6 +12,7 @@ from itsdangerous import URLSafeSerializer
 from flask_sse_broker.client import EventSource
 from flask_sse_broker.tokens import SALT
 
+from .redis_support import SHARED_URL, delete_prefix, new_prefix, requires_redis
 from .support import EventReader, Server, connect_url, http_request, wait_for
 from .test_client import Consumer
 
@@ -118,6 +119,35 @@ def test_unsubscribe_applies_to_a_remembered_client_and_its_replay(server: Serve
     with EventReader(url) as again:
         assert again.connected()["topics"] == ["keep"]
         assert [json.loads(e.data) for e in again.drain()] == ["kept"]
+
+
+@requires_redis
+def test_unsubscribe_applies_to_a_client_remembered_in_redis() -> None:
+    """The process that held the client is gone; Redis remembers its topics."""
+    prefix = new_prefix()
+    config = {**CONFIG, "SSE_REDIS_URL": SHARED_URL, "SSE_REDIS_PREFIX": prefix}
+    srv = Server("werkzeug", config=config).start()
+    try:
+        reader = EventReader(connect_url(srv, topics="keep,rm"))
+        hello = reader.connected()
+        reader.close()
+        wait_for(lambda: hello["clientId"] in srv.state()["sessions"], 5, what="the session")
+        srv.stop()
+        srv = Server("werkzeug", config=config, port=srv.port).start()
+        assert hello["clientId"] not in srv.state()["sessions"]  # not in this process
+        status, body = http_request(
+            "POST", srv.url("/_sse/unsubscribe"), {"token": hello["token"], "topics": ["rm"]}
+        )
+        assert (status, json.loads(body)) == (200, {"topics": ["keep"]})
+        srv.publish("rm", "removed")
+        srv.publish("keep", "kept")
+        url = connect_url(srv, topics="keep", token=hello["token"], lastEventId=hello["lastEventId"])
+        with EventReader(url) as again:
+            assert again.connected()["topics"] == ["keep"]
+            assert [json.loads(e.data) for e in again.drain()] == ["kept"]
+    finally:
+        srv.stop()
+        delete_prefix(SHARED_URL, prefix)
 
 
 def test_unsubscribe_of_a_client_nobody_remembers_is_404(server: Server) -> None:
