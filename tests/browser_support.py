@@ -82,6 +82,9 @@ class Outage:
     Pages load through :meth:`url`; :meth:`cut` drops every relayed
     connection (both ends see it end, as after a cable pull the server finds
     out at its next heartbeat) and refuses new ones until :meth:`restore`.
+    :meth:`stall` holds new connections instead (a request on its way);
+    :meth:`restore` then relays those whose client is still there, and loses
+    those it has closed meanwhile, as a network loses an aborted request.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -89,6 +92,8 @@ class Outage:
         self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
         self.port = self._listener.getsockname()[1]
         self._down = False
+        self._open = threading.Event()
+        self._open.set()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -105,16 +110,39 @@ class Outage:
             if self._down:
                 client.close()
                 continue
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        held = not self._open.is_set()
+        self._open.wait()
+        first = b""
+        if held:
+            client.setblocking(False)
             try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-                upstream.settimeout(None)
+                while chunk := client.recv(65536):
+                    first += chunk
+                client.close()  # closed while held: the request is lost
+                return
+            except BlockingIOError:
+                client.setblocking(True)
             except OSError:
                 client.close()
-                continue
-            with self._lock:
-                self._sockets.update((client, upstream))
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+                return
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            upstream.settimeout(None)
+            upstream.sendall(first)
+        except OSError:
+            client.close()
+            return
+        with self._lock:
+            self._sockets.update((client, upstream))
+        for src, dst in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def stall(self) -> None:
+        self._down = False
+        self._open.clear()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -140,6 +168,7 @@ class Outage:
 
     def restore(self) -> None:
         self._down = False
+        self._open.set()
 
     def close(self) -> None:
         self.cut()

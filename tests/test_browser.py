@@ -287,6 +287,34 @@ def test_unsubscribe_while_the_stream_is_down_keeps_the_topic_out_of_the_replay(
     assert page.evaluate("() => [clients.c.clientId, clients.c.topics]") == [client_id, ["off-a"]]
 
 
+def test_unsubscribe_during_a_reconnect_attempt_keeps_the_topic_out_of_the_replay(
+    page: t.Any, server: Server
+) -> None:
+    outage = Outage(server.port)
+    try:
+        open_page(page, outage.url("/page"))
+        config = {"topics": ["fly-a", "fly-rm"], "reconnectDelay": 200, "maxReconnectDelay": 400}
+        connect(page, "c", {**config, "maxRetries": 0})
+        client_id = page.evaluate("() => clients.c.clientId")
+        outage.cut()
+        wait_for(
+            lambda: client_id in server.state()["sessions"], 10, what="the server to remember the client"
+        )
+        outage.stall()  # the next attempt stays on its way
+        wait_js(page, "() => clients.c._source !== null")
+        assert page.evaluate("() => clients.c.unsubscribe('fly-rm')") == ["fly-a"]
+        server.publish("fly-rm", "rm-away")
+        server.publish("fly-a", "a-away")
+        outage.restore()
+        wait_js(page, "() => rec.c.states.filter((s) => s === 'connected').length === 2")
+        server.publish("fly-rm", "rm-after")
+        server.publish("fly-a", "a-after")
+        events = wait_events(page, "c", 2)
+    finally:
+        outage.close()
+    assert [e["data"] for e in events] == ["a-away", "a-after"]
+
+
 def test_key_rotation_makes_a_new_client_that_keeps_receiving(page: t.Any, own_server: Server) -> None:
     open_page(page, own_server.url("/page"))
     connect(page, "c", {"topics": ["rot"], "reconnectDelay": 150, "maxRetries": 0}, types=["reset"])

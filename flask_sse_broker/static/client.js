@@ -597,6 +597,12 @@ export class SSEClient {
         if (action === "subscribe") this._topics.add(topic);
         else this._topics.delete(topic);
       }
+      if (action === "unsubscribe" && this._source && this._token) {
+        // An attempt is on its way asking for the old topics, and its replay
+        // would bring the dropped ones: start it again, unsubscribing first.
+        this._closeSource();
+        this._open();
+      }
       return this.topics;
     }
     const token = this._token;
