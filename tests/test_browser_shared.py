@@ -6,6 +6,7 @@ by the pages of one profile, as the tabs of one browser window are.
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import typing as t
 
@@ -278,3 +279,19 @@ def test_revoked_reaches_the_tabs_that_hold_the_topic(context: t.Any, server: Se
     server.publish(None, "marker", kind="all")
     assert wait_count(other, 1) == ["marker"]
     assert other.evaluate("() => rec.c.named.revoked") == []
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("flask_sse_broker._topics") is None, reason="needs topic patterns (SPEC §9.1)"
+)
+def test_pattern_subscriptions_route_to_the_tabs_they_match(context: t.Any, server: Server) -> None:
+    star, one, deep = tabs(context, server, 3)
+    join(star, ["pat/*"])
+    join(one, ["pat/x"])
+    join(deep, ["pat/**"])
+    for topic in ("pat/x", "pat/y", "pat/y/z", "pat"):
+        server.publish(topic, topic)
+    server.publish(None, "end", kind="all")
+    assert wait_count(star, 3) == ["pat/x", "pat/y", "end"]
+    assert wait_count(one, 2) == ["pat/x", "end"]
+    assert wait_count(deep, 4) == ["pat/x", "pat/y", "pat/y/z", "end"]
