@@ -75,19 +75,20 @@ def wait_count(page: t.Any, count: int) -> list[t.Any]:
     return data(page)
 
 
-def connections(srv: Server) -> int:
-    return srv.state()["connections"]  # type: ignore[no-any-return]
+def connections(srv: Server, page: t.Any) -> int:
+    """The connections the server holds for the client of ``page``."""
+    client_id = page.evaluate("() => clients.c.clientId")
+    return srv.get_json(f"/test/client/{client_id}")["connections"]  # type: ignore[no-any-return]
 
 
 def test_eight_tabs_share_one_connection_and_each_gets_exactly_its_events(
     context: t.Any, server: Server
 ) -> None:
     pages = tabs(context, server, 8)
-    before = connections(server)
     for i, page in enumerate(pages):
         join(page, [f"eight-{i}"] + (["eight-even"] if i % 2 == 0 else []))
-    assert connections(server) == before + 1
     assert len({page.evaluate("() => clients.c.clientId") for page in pages}) == 1
+    assert connections(server, pages[0]) == 1
     assert all(page.evaluate("() => clients.c.shared") for page in pages)
     assert [page.evaluate("() => clients.c.topics") for page in pages[:2]] == [
         ["eight-0", "eight-even"],
@@ -121,7 +122,6 @@ def test_closing_the_tab_that_opened_the_stream_loses_nothing_for_the_others(
     for i, page in enumerate(pages):
         join(page, ["close-common", f"close-{i}"])
     client_id = pages[0].evaluate("() => clients.c.clientId")
-    before = connections(server)
     pages[0].close()  # the page whose client opened the stream
     for n in range(20):
         server.publish("close-common", n)
@@ -131,7 +131,7 @@ def test_closing_the_tab_that_opened_the_stream_loses_nothing_for_the_others(
     wait_for(lambda: "close-0" not in server.state()["topics"], 10, what="close-0 to be released")
     state = server.state()
     assert {"close-common", "close-1", "close-2"} <= set(state["topics"])
-    assert client_id in state["clients"] and connections(server) == before
+    assert client_id in state["clients"] and connections(server, pages[1]) == 1
 
 
 def test_a_tab_subscribing_changes_what_the_server_delivers(context: t.Any, server: Server) -> None:
@@ -196,7 +196,7 @@ def test_shared_stream_reconnects_after_a_server_restart_and_resumes(
     try:
         new.publish("restart", count=5, publisher=1)  # before the stream is back: replayed
         got = [wait_count(page, 10) for page in pages]
-        assert connections(new) == 1
+        assert connections(new, pages[0]) == 1
         records = [page.evaluate("() => rec.c") for page in pages]
     finally:
         new.stop()
@@ -244,12 +244,11 @@ def test_shared_streams_lift_the_six_connections_per_host_limit(browser: t.Any, 
 def test_without_shared_worker_each_tab_has_its_own_stream(context: t.Any, server: Server) -> None:
     context.add_init_script("delete window.SharedWorker")
     pages = tabs(context, server, 2)
-    before = connections(server)
     for page in pages:
         join(page, ["fallback"])
-    assert connections(server) == before + 2
     assert [page.evaluate("() => clients.c.shared") for page in pages] == [False, False]
     assert len({page.evaluate("() => clients.c.clientId") for page in pages}) == 2
+    assert [connections(server, page) for page in pages] == [1, 1]
     server.publish("fallback", "each")
     assert [wait_count(page, 1) for page in pages] == [["each"], ["each"]]
     assert pages[0].evaluate("() => clients.c.subscribe('fallback-2')") == ["fallback", "fallback-2"]

@@ -98,9 +98,19 @@ def test_only_the_dashboard_topics_are_allowed(dashboard: Server) -> None:
     assert b"not authorised" in body
 
 
-def test_tabs_of_one_browser_share_one_stream(browser: t.Any, page: t.Any, dashboard: Server) -> None:
+def test_tabs_of_one_browser_share_one_stream(browser: t.Any, page: t.Any) -> None:
+    # A server of its own: no stream of another test lingers in its counts.
+    dashboard = Server("gevent", app="examples.dashboard.app:app", env={"DASHBOARD_JOB_STEP": "0.1"})
+    with dashboard:
+        _tabs_share_one_stream(browser, page, dashboard)
+
+
+def _tabs_share_one_stream(browser: t.Any, page: t.Any, dashboard: Server) -> None:
+    def connections() -> int:
+        return json.loads(http_request("GET", dashboard.url("/_sse/stats"))[1])["connections"]  # type: ignore[no-any-return]
+
     log_in(page, dashboard, "alice")
-    before = json.loads(http_request("GET", dashboard.url("/_sse/stats"))[1])["connections"]
+    before = connections()
     tabs = [page]
     for _ in range(3):
         tab = page.context.new_page()
@@ -108,7 +118,9 @@ def test_tabs_of_one_browser_share_one_stream(browser: t.Any, page: t.Any, dashb
         tab.wait_for_selector("#state[data-state=connected]")
         tabs.append(tab)
     assert all(tab.text_content("#stream") == "shared by this browser's tabs" for tab in tabs)
-    assert json.loads(http_request("GET", dashboard.url("/_sse/stats"))[1])["connections"] == before
+    # Three more tabs, no more streams (the anonymous page before the login may
+    # still be counted in `before` until the server's next heartbeat).
+    assert connections() <= before
 
     tabs[1].click("#start-job")
     for tab in tabs:

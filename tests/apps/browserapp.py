@@ -1,7 +1,8 @@
 """The app the browser tests load: :mod:`tests.apps.serverapp` plus a test page.
 
 Besides :mod:`tests.serverapp`'s routes: ``SSE_TEST_SECRET_KEY`` replaces
-the app's ``SECRET_KEY`` (a key rotation), and ``POST /test/revoke`` calls
+the app's ``SECRET_KEY`` (a key rotation), ``GET /test/client/<id>`` counts a
+client's connections, and ``POST /test/revoke`` calls
 ``broker.revoke(topic, client_id)``.
 
 ``GET /page`` is a page that imports the browser client from
@@ -61,6 +62,12 @@ def create_app() -> Flask:
         broker = current_app.extensions["sse"]
         html = PAGE % {"last_event_id": json.dumps(broker.last_event_id())}
         return html, 200, {"Content-Type": "text/html; charset=utf-8"}
+
+    @app.get("/test/client/<client_id>")
+    def client_state(client_id: str) -> t.Any:
+        """How many connections a client holds here (0 when none)."""
+        client = current_app.extensions["sse"].get_client(client_id)
+        return jsonify(connections=0 if client is None else len(client.connections))
 
     @app.post("/test/revoke")
     def revoke() -> t.Any:
