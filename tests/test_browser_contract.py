@@ -74,7 +74,7 @@ def test_topic_changes_with_a_stale_token_are_403(server: Server, action: str) -
 
 
 def test_python_consumer_survives_a_key_rotation() -> None:
-    app = "tests.browserapp:create_app()"
+    app = "tests.apps.browserapp:create_app()"
     srv = Server("werkzeug", app=app, config=CONFIG).start()
     source = EventSource(connect_url(srv), topics=["py-rot"])
     source.reconnect_delay = 0.1

@@ -1,6 +1,6 @@
 """The app the browser tests load: :mod:`tests.apps.serverapp` plus a test page.
 
-Besides :mod:`tests.serverapp`'s routes: ``SSE_TEST_SECRET_KEY`` replaces
+Besides :mod:`tests.apps.serverapp`'s routes: ``SSE_TEST_SECRET_KEY`` replaces
 the app's ``SECRET_KEY`` (a key rotation), ``GET /test/client/<id>`` counts a
 client's connections, and ``POST /test/revoke`` calls
 ``broker.revoke(topic, client_id)``.
