@@ -94,6 +94,8 @@ class Outage:
         self._down = False
         self._open = threading.Event()
         self._open.set()
+        #: Held connections their client closed before the restore.
+        self.lost = 0
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -113,21 +115,27 @@ class Outage:
             threading.Thread(target=self._relay, args=(client,), daemon=True).start()
 
     def _relay(self, client: socket.socket) -> None:
-        held = not self._open.is_set()
-        self._open.wait()
         first = b""
-        if held:
+        if not self._open.is_set():
+            # Held: keep what the client sends; if it closes before the
+            # restore, its request is lost (counted in ``lost``).
             client.setblocking(False)
-            try:
-                while chunk := client.recv(65536):
-                    first += chunk
-                client.close()  # closed while held: the request is lost
-                return
-            except BlockingIOError:
-                client.setblocking(True)
-            except OSError:
+            while True:
+                released = self._open.wait(0.05)
+                try:
+                    while chunk := client.recv(65536):
+                        first += chunk
+                except BlockingIOError:
+                    if released:
+                        break
+                    continue
+                except OSError:
+                    pass
                 client.close()
+                with self._lock:
+                    self.lost += 1
                 return
+            client.setblocking(True)
         try:
             upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
             upstream.settimeout(None)

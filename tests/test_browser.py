@@ -303,6 +303,8 @@ def test_unsubscribe_during_a_reconnect_attempt_keeps_the_topic_out_of_the_repla
         outage.stall()  # the next attempt stays on its way
         wait_js(page, "() => clients.c._source !== null")
         assert page.evaluate("() => clients.c.unsubscribe('fly-rm')") == ["fly-a"]
+        # The attempt asking for the old topics is abandoned before it arrives.
+        wait_for(lambda: outage.lost >= 1, 10, what="the abandoned attempt to close")
         server.publish("fly-rm", "rm-away")
         server.publish("fly-a", "a-away")
         outage.restore()
