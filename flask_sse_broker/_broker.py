@@ -23,7 +23,7 @@ from ._socket import abort
 from ._topics import Subscriptions, check_publish_topic, check_topic
 from ._wake import flush as flush_wakeups
 from ._wake import new_wake
-from ._wire import Audience, check_event_id
+from ._wire import Audience, check_event_id, shared_frame
 from .backends import Backend, Replay, backend_for
 from .config import SSEConfig
 from .event import SSEEvent
@@ -233,11 +233,19 @@ class SSEBroker:
         last_event_id: str | None = None,
         metadata: dict[str, t.Any] | None = None,
         token: str | None = None,
+        reset: bool = False,
+        shared: bool = False,
     ) -> SSEConnection:
         """Open a connection for ``client_id`` (a new random id when ``None``),
         subscribe it to ``topics`` and prepare its first frames: ``retry:``,
         ``event: connected``, ``event: reset`` if the cursor is too old, then
         the events missed since ``last_event_id``.
+
+        ``reset`` sends ``event: reset`` even without a cursor (the client had
+        one the server cannot honour, e.g. it came with a stale token).
+        ``shared`` makes a stream for a browser's SharedWorker, which hands
+        each event only to the tabs it is for: every event's data starts with
+        a line naming its topic (see :func:`~flask_sse_broker._wire.shared_frame`).
 
         :raises BrokerUnavailable: shutting down.
         :raises TooManyConnections: at ``max_connections``.
@@ -253,6 +261,7 @@ class SSEBroker:
         if remembered is None:
             remembered = self.backend.recall(client_id) or frozenset()
         conn, first = hub.open(client_id, topic_set, metadata, remembered, new_wake(self.batched_wakeups))
+        conn._shared = shared
         # The connection is registered, so live events already queue for it;
         # the replay below covers everything before, and duplicates are skipped.
         try:
@@ -261,14 +270,18 @@ class SSEBroker:
             conn.close()
             raise
         client = conn.client
-        conn._head = self._first_frames(client, replay, token)
+        if reset:
+            replay.reset = True
+        conn._head = self._first_frames(client, replay, token, shared)
         if replay.envelopes:
             conn._skip_through = replay.envelopes[-1].seq
         if first:
             hub.opened(client)
         return conn
 
-    def _first_frames(self, client: SSEClient, replay: Replay, token: str | None) -> list[bytes]:
+    def _first_frames(
+        self, client: SSEClient, replay: Replay, token: str | None, shared: bool = False
+    ) -> list[bytes]:
         topics = client.topics
         hello = {
             "clientId": client.id,
@@ -282,7 +295,8 @@ class SSEBroker:
             frames.append(_control_frame("reset", {"lastEventId": replay.cursor}))
         if replay.envelopes:
             subscriptions = Subscriptions(topics)
-            frames.extend(e.frame for e in replay.envelopes if e.reaches(client.id, subscriptions))
+            replayed = [e for e in replay.envelopes if e.reaches(client.id, subscriptions)]
+            frames.extend(shared_frame(e) if shared else e.frame for e in replayed)
         return frames
 
     def disconnect(self, client_id: str) -> int:

@@ -13,7 +13,7 @@ from bisect import bisect_left
 from ._socket import peer_closed
 from ._timing import BUCKETS
 from ._topics import Subscriptions
-from ._wire import HEARTBEAT_FRAME, Envelope, Frame, Seq
+from ._wire import HEARTBEAT_FRAME, Envelope, Frame, Seq, shared_frame
 
 if t.TYPE_CHECKING:
     import threading
@@ -90,6 +90,7 @@ class SSEConnection:
         "_peer",
         "_queue",
         "_released",
+        "_shared",
         "_skip_through",
         "_timing",
         "_unrecorded",
@@ -131,6 +132,8 @@ class SSEConnection:
         self._finished = False
         #: The first frames (``retry``, ``connected``, the replay), written first.
         self._head: list[bytes] | None = None
+        #: Events carry their topic, for a browser's SharedWorker (``shared_frame``).
+        self._shared = False
         #: Live events up to this one were already sent by the replay.
         self._skip_through: Seq | None = None
         #: The client's socket, when the server exposes it: lets a heartbeat
@@ -180,9 +183,11 @@ class SSEConnection:
                 if batch[0] is HEARTBEAT_FRAME and peer_closed(self._peer):
                     self.close()
                     raise StopIteration
-                return batch[0].frame
+                return shared_frame(batch[0]) if self._shared else batch[0].frame
             if batch:
                 # Never an empty chunk: to a chunked response that means the end.
+                if self._shared:
+                    return b"".join([shared_frame(e) for e in batch])
                 return b"".join([e.frame for e in batch])
 
     def _take(self) -> list[Queued]:

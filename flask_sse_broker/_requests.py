@@ -10,6 +10,7 @@ as hostile; a request that fails a check raises :exc:`RequestError` (an
 from __future__ import annotations
 
 import json
+import logging
 import typing as t
 
 from flask import request
@@ -17,6 +18,8 @@ from flask import request
 from ._broker import SSEBroker, validate_client_id
 from .exceptions import SSEError
 from .tokens import load_token
+
+logger = logging.getLogger("flask_sse_broker")
 
 #: Largest JSON body accepted by ``/subscribe`` and ``/unsubscribe``.
 MAX_BODY_BYTES = 64 * 1024
@@ -77,6 +80,21 @@ def client_id_for(broker: SSEBroker, token: str | None) -> str | None:
     if identified is not None and identified != client_id:
         raise RequestError(403, "the token belongs to another client")
     return client_id
+
+
+def stream_client_id(broker: SSEBroker, token: str | None) -> tuple[str | None, bool]:
+    """The client id a stream opens for (``None``: a new one), and whether
+    the token was stale.
+
+    A token this app cannot verify (signed with a rotated or lost
+    ``SECRET_KEY``, or garbage) is no reason to refuse the user: the stream
+    opens as a new client instead. A token that verifies but belongs to
+    another identified user is still refused (403), as in :func:`client_id_for`.
+    """
+    if token is not None and load_token(token) is None:
+        logger.info("a stream presented a token this app did not sign: opening it as a new client")
+        return _identify(broker), True
+    return client_id_for(broker, token), False
 
 
 def _identify(broker: SSEBroker) -> str | None:

@@ -194,3 +194,22 @@ class Envelope:
 
 #: Queued in place of an event when a connection is idle at a heartbeat tick.
 HEARTBEAT_FRAME = Frame(HEARTBEAT)
+
+
+def shared_frame(queued: Envelope | Frame) -> bytes:
+    """The frame of ``queued`` on a stream shared by a browser's tabs.
+
+    Events do not name their topic on the wire, and a SharedWorker holding
+    one stream for many tabs must hand each event only to the tabs holding
+    its topic. So on such a stream every published event gains a first
+    ``data:`` line: its topic JSON-encoded, or ``null`` for broadcasts and
+    direct sends (every tab gets those). The line goes in front of the frame,
+    so the event's own encoding is reused, not redone; SSE joins data lines in
+    order, and the worker splits the data at its first line feed. Frames
+    outside the event sequence (heartbeats, ``connected``, ``reset``, the
+    shutdown frame) are left as they are.
+    """
+    if not isinstance(queued, Envelope):
+        return queued.frame
+    target = queued.target if queued.audience is Audience.TOPIC else None
+    return b"data: %s\n%s" % (json.dumps(target).encode("ascii"), queued.frame)

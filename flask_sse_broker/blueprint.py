@@ -66,14 +66,22 @@ def create_blueprint(
             raise BrokerUnavailable("the server is shutting down", retry_after=5)
         topics = _requests.query_topics(broker)
         cursor = _requests.last_event_id()
-        client_id = _requests.client_id_for(broker, request.args.get("token")) or new_client_id()
+        client_id, stale = _requests.stream_client_id(broker, request.args.get("token"))
+        client_id = client_id or new_client_id()
         _requests.authorize(broker, topics)
+        # A stale token makes a new client, whose cursor cannot bring back
+        # what was sent to the old id: it starts afresh, told to reload.
+        reset = stale and cursor is not None
+        if reset:
+            broker.validate_event_id(t.cast(str, cursor))
         conn = broker.open_stream(
             client_id,
             topics=topics,
-            last_event_id=cursor,
+            last_event_id=None if stale else cursor,
             metadata={"remote_addr": request.remote_addr},
             token=make_token(client_id),
+            reset=reset,
+            shared=request.args.get("shared") == "1",
         )
         conn._peer = _requests.stream_socket()
         limit_write_stall(conn._peer, broker.config.write_timeout)
@@ -90,7 +98,11 @@ def create_blueprint(
         topic_set = broker.validate_topics(topics)
         client_id = t.cast(str, _requests.client_id_for(broker, token))
         _requests.authorize(broker, topic_set)
-        if not broker.is_connected(client_id):
+        # An unsubscribe also applies to a client that is away but remembered
+        # (its session), so a browser can drop a topic before it reconnects
+        # and the replay leaves that topic out; the broker raises
+        # ClientNotFound when the id is neither connected nor remembered.
+        if subscribe and not broker.is_connected(client_id):
             raise ClientNotFound(client_id)
         change = broker.subscribe if subscribe else broker.unsubscribe
         return jsonify(topics=sorted(change(client_id, topic_set)))
@@ -127,6 +139,10 @@ def create_blueprint(
     @bp.get("/client.js")
     def client_js() -> Response:
         return _static("client.js", "text/javascript")
+
+    @bp.get("/shared-worker.js")
+    def shared_worker_js() -> Response:
+        return _static("shared-worker.js", "text/javascript")
 
     @bp.get("/client.d.ts")
     def client_dts() -> Response:

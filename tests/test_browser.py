@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import typing as t
+from pathlib import Path
 
 import pytest
 
-from .browser_support import open_page, wait_js
+from flask_sse_broker import SSEBroker
+
+from .browser_support import Outage, open_page, wait_js
 from .support import ROOT, Server, http_request, wait_for
 
 APP = "tests.apps.browserapp:create_app()"
@@ -38,9 +44,9 @@ def own_server() -> t.Iterator[Server]:
     srv.stop()
 
 
-def restart(srv: Server) -> Server:
+def restart(srv: Server, **env: str) -> Server:
     srv.stop()
-    return Server("werkzeug", app=APP, config=CONFIG, env=ENV, port=srv.port).start()
+    return Server("werkzeug", app=APP, config=CONFIG, env={**ENV, **env}, port=srv.port).start()
 
 
 def connect(page: t.Any, name: str, config: dict[str, t.Any], types: t.Sequence[str] = ()) -> None:
@@ -245,6 +251,169 @@ def test_frozen_server_is_detected_by_the_watchdog(page: t.Any, own_server: Serv
     assert [e["data"] for e in events] == ["before", "after"]
 
 
+def test_unsubscribe_while_the_stream_is_down_keeps_the_topic_out_of_the_replay(
+    page: t.Any, server: Server
+) -> None:
+    outage = Outage(server.port)
+    try:
+        open_page(page, outage.url("/page"))
+        config = {
+            "topics": ["off-a", "off-rm"],
+            "reconnectDelay": 200,
+            "maxReconnectDelay": 400,
+            "maxRetries": 0,
+        }
+        connect(page, "c", config)
+        server.publish("off-a", "a-before")
+        wait_events(page, "c", 1)
+        client_id = page.evaluate("() => clients.c.clientId")
+        outage.cut()
+        wait_js(page, "() => clients.c.state === 'connecting'")
+        # The server noticed and remembers the client's topics for its return.
+        wait_for(
+            lambda: client_id in server.state()["sessions"], 10, what="the server to remember the client"
+        )
+        assert page.evaluate("() => clients.c.unsubscribe('off-rm')") == ["off-a"]
+        server.publish("off-rm", "rm-away")
+        server.publish("off-a", "a-away")
+        outage.restore()
+        wait_js(page, "() => rec.c.states.filter((s) => s === 'connected').length === 2")
+        server.publish("off-rm", "rm-after")
+        server.publish("off-a", "a-after")  # in order: once this is in, rm-after would be too
+        events = wait_events(page, "c", 3)
+    finally:
+        outage.close()
+    assert [e["data"] for e in events] == ["a-before", "a-away", "a-after"]
+    assert page.evaluate("() => [clients.c.clientId, clients.c.topics]") == [client_id, ["off-a"]]
+
+
+def test_unsubscribe_during_a_reconnect_attempt_keeps_the_topic_out_of_the_replay(
+    page: t.Any, server: Server
+) -> None:
+    outage = Outage(server.port)
+    try:
+        open_page(page, outage.url("/page"))
+        config = {"topics": ["fly-a", "fly-rm"], "reconnectDelay": 200, "maxReconnectDelay": 400}
+        connect(page, "c", {**config, "maxRetries": 0})
+        client_id = page.evaluate("() => clients.c.clientId")
+        outage.cut()
+        wait_for(
+            lambda: client_id in server.state()["sessions"], 10, what="the server to remember the client"
+        )
+        outage.stall()  # the next attempt stays on its way
+        wait_js(page, "() => clients.c._source !== null")
+        assert page.evaluate("() => clients.c.unsubscribe('fly-rm')") == ["fly-a"]
+        # The attempt asking for the old topics is abandoned before it arrives.
+        wait_for(lambda: outage.lost >= 1, 10, what="the abandoned attempt to close")
+        server.publish("fly-rm", "rm-away")
+        server.publish("fly-a", "a-away")
+        outage.restore()
+        wait_js(page, "() => rec.c.states.filter((s) => s === 'connected').length === 2")
+        server.publish("fly-rm", "rm-after")
+        server.publish("fly-a", "a-after")
+        events = wait_events(page, "c", 2)
+    finally:
+        outage.close()
+    assert [e["data"] for e in events] == ["a-away", "a-after"]
+
+
+def test_key_rotation_makes_a_new_client_that_keeps_receiving(page: t.Any, own_server: Server) -> None:
+    open_page(page, own_server.url("/page"))
+    connect(page, "c", {"topics": ["rot"], "reconnectDelay": 150, "maxRetries": 0}, types=["reset"])
+    own_server.publish("rot", "before")
+    wait_events(page, "c", 1)
+    old = page.evaluate("() => [clients.c.clientId, clients.c._token]")
+    own_server.stop()
+    wait_js(page, "() => clients.c.state === 'connecting'")
+    # A topic change while the stream is down is applied by the new client.
+    assert page.evaluate("() => clients.c.subscribe('rot-late')") == ["rot", "rot-late"]
+    new = Server(
+        "werkzeug",
+        app=APP,
+        config=CONFIG,
+        env={**ENV, "SSE_TEST_SECRET_KEY": "rotated"},
+        port=own_server.port,
+    )
+    new.start()
+    try:
+        wait_js(page, "() => rec.c.states.filter((s) => s === 'connected').length === 2")
+        new.publish("rot", "after")
+        new.publish("rot-late", "late")
+        events = wait_events(page, "c", 3)
+        now = page.evaluate("() => [clients.c.clientId, clients.c._token]")
+        # Its topic changes go with the new token.
+        assert page.evaluate("() => clients.c.subscribe('rot-more')") == ["rot", "rot-late", "rot-more"]
+        new.publish("rot-more", "more")
+        events = wait_events(page, "c", 4)
+        r = rec(page, "c")
+    finally:
+        new.stop()
+    assert [e["data"] for e in events] == ["before", "after", "late", "more"]
+    assert now[0] != old[0] and now[1] != old[1]
+    assert len(r["named"]["reset"]) == 1
+    assert not any(e["fatal"] for e in r["errors"])
+    assert r["states"][-1] == "connected"
+
+
+def test_after_key_rotation_a_forbidden_topic_still_stops_the_client(page: t.Any, own_server: Server) -> None:
+    open_page(page, own_server.url("/page"))
+    connect(page, "c", {"topics": ["rot-x"], "reconnectDelay": 150, "maxRetries": 0})
+    new = restart(own_server, SSE_TEST_SECRET_KEY="rotated", SSE_TEST_AUTHZ="rot-x")
+    try:
+        wait_js(page, "() => clients.c.state === 'error'")
+        error = rec(page, "c")["errors"][-1]
+    finally:
+        new.stop()
+    assert error["status"] == 403 and error["fatal"]
+    assert "not authorised" in error["message"]
+
+
+def test_a_topic_request_refused_for_an_old_token_is_retried_with_the_new_one(
+    page: t.Any, server: Server
+) -> None:
+    open_page(page, server.url("/page"))
+    connect(page, "c", {"topics": ["tok-a"]})
+    # The request leaves with a token the server refuses, and a `connected`
+    # with a new token arrives while it is on its way (as after a key rotation).
+    page.evaluate(
+        """() => {
+            const client = clients.c;
+            const token = client._token;
+            client._token = "stale." + token;
+            const fetch = window.fetch;
+            window.fetch = (url, init) => {
+                client._token = token;
+                window.fetch = fetch;
+                return fetch(url, init);
+            };
+        }"""
+    )
+    assert page.evaluate("() => clients.c.subscribe('tok-b')") == ["tok-a", "tok-b"]
+    server.publish("tok-b", "b")
+    assert [e["data"] for e in wait_events(page, "c", 1)] == ["b"]
+
+
+needs_revoke = pytest.mark.skipif(not hasattr(SSEBroker, "revoke"), reason="needs SSEBroker.revoke")
+
+
+@needs_revoke
+def test_revoked_topics_leave_the_client_and_its_reconnects(page: t.Any, server: Server) -> None:
+    open_page(page, server.url("/page"))
+    connect(page, "c", {"topics": ["rv-keep", "rv-gone"], "reconnectDelay": 150}, types=["revoked"])
+    client_id = page.evaluate("() => clients.c.clientId")
+    server.post("/test/revoke", {"topic": "rv-gone", "client_id": client_id})
+    wait_js(page, "() => rec.c.named.revoked.length === 1")
+    assert rec(page, "c")["named"]["revoked"] == [{"topics": ["rv-gone"]}]
+    assert page.evaluate("() => clients.c.topics") == ["rv-keep"]
+    # A reconnect asks for what is left, not for the revoked topic.
+    server.post("/test/disconnect", {"client_id": client_id})
+    wait_js(page, "() => rec.c.states.filter((s) => s === 'connected').length === 2")
+    server.publish("rv-gone", "no")
+    server.publish("rv-keep", "yes")
+    events = wait_events(page, "c", 1)
+    assert [(e["type"], e["data"]) for e in events] == [("message", "yes")]  # "*" never saw `revoked`
+
+
 # -- topics, managers, the embedded cursor ------------------------------------------
 
 
@@ -357,6 +526,18 @@ def test_client_js_is_served_with_a_validator(server: Server) -> None:
     assert status == 200 and b"export declare class SSEClient" in body
 
 
+def test_shared_worker_is_served_like_the_client(server: Server) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(server.url("/_sse/shared-worker.js")) as resp:
+        assert resp.headers["Content-Type"].startswith("text/javascript")
+        assert resp.headers["Cache-Control"] == "public, max-age=3600, must-revalidate"
+        etag = resp.headers["ETag"]
+        assert b'from "./client.js"' in resp.read()
+    status, _ = http_request("GET", server.url("/_sse/shared-worker.js"), headers={"If-None-Match": etag})
+    assert status == 304
+
+
 def test_type_declarations_check_with_tsc() -> None:
     if shutil.which("node") is None or shutil.which("npx") is None:
         pytest.skip("Node.js is not installed (apt-get install nodejs npm)")
@@ -373,4 +554,37 @@ def test_type_declarations_check_with_tsc() -> None:
         timeout=120,
         env={**os.environ, "NO_UPDATE_NOTIFIER": "1"},
     )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_typescript_recipe_in_the_declarations_compiles() -> None:
+    """The setup recipe at the top of client.d.ts, used as written, type-checks
+    an import of "/_sse/client.js"."""
+    tsc = ROOT / "tests" / "ts" / "node_modules" / ".bin" / "tsc"
+    if not tsc.exists():
+        test_type_declarations_check_with_tsc()  # installs TypeScript (or skips)
+    declarations = ROOT / "flask_sse_broker" / "static" / "client.d.ts"
+    header = declarations.read_text().split("*/", 1)[0]
+    found = re.search(r"BEGIN tsconfig.json\n(.*?)\n \* END tsconfig.json", header, re.S)
+    assert found, "no recipe in client.d.ts"
+    recipe = json.loads("\n".join(line.removeprefix(" *") for line in found.group(1).splitlines()))
+    [(module, [target])] = recipe["compilerOptions"]["paths"].items()
+    assert module == "/_sse/client.js"
+    with tempfile.TemporaryDirectory(dir=ROOT / "tests" / "ts") as tmp:
+        project = Path(tmp)
+        (project / target).parent.mkdir(parents=True)
+        (project / target).write_text(declarations.read_text())
+        options = {"strict": True, "noEmit": True, "target": "ES2020", "module": "ES2020", "types": []}
+        options.update({"moduleResolution": "bundler", "lib": ["ES2020", "DOM"]})
+        options.update(recipe["compilerOptions"])
+        (project / "tsconfig.json").write_text(json.dumps({"compilerOptions": options, "files": ["app.ts"]}))
+        (project / "app.ts").write_text(
+            'import { connectSSE, type SSEMessage } from "/_sse/client.js";\n'
+            'const sse = connectSSE("main", { topics: ["orders"], shared: true });\n'
+            'sse.on("connected", (m) => console.log(m.data.clientId));\n'
+            'sse.on("*", (m: SSEMessage) => console.log(m.type));\n'
+        )
+        result = subprocess.run(
+            [str(tsc), "--noEmit", "-p", "."], cwd=project, capture_output=True, text=True, timeout=120
+        )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -95,3 +96,45 @@ def test_only_the_dashboard_topics_are_allowed(dashboard: Server) -> None:
     status, body = http_request("GET", dashboard.url("/_sse/connect?topics=nope"))
     assert status == 403
     assert b"not authorised" in body
+
+
+def test_tabs_of_one_browser_share_one_stream(browser: t.Any, page: t.Any) -> None:
+    # A server of its own: no stream of another test lingers in its counts.
+    dashboard = Server("gevent", app="examples.dashboard.app:app", env={"DASHBOARD_JOB_STEP": "0.1"})
+    with dashboard:
+        _tabs_share_one_stream(browser, page, dashboard)
+
+
+def _tabs_share_one_stream(browser: t.Any, page: t.Any, dashboard: Server) -> None:
+    def connections() -> int:
+        return json.loads(http_request("GET", dashboard.url("/_sse/stats"))[1])["connections"]  # type: ignore[no-any-return]
+
+    log_in(page, dashboard, "alice")
+    before = connections()
+    tabs = [page]
+    for _ in range(3):
+        tab = page.context.new_page()
+        tab.goto(dashboard.url("/"))
+        tab.wait_for_selector("#state[data-state=connected]")
+        tabs.append(tab)
+    assert all(tab.text_content("#stream") == "shared by this browser's tabs" for tab in tabs)
+    # Three more tabs, no more streams (the anonymous page before the login may
+    # still be counted in `before` until the server's next heartbeat).
+    assert connections() <= before
+
+    tabs[1].click("#start-job")
+    for tab in tabs:
+        tab.wait_for_selector("#progress[aria-valuenow='100']")
+        tab.wait_for_selector(".toast:has-text('Job finished')")
+    # A personal message to alice reaches every one of her tabs.
+    bob_context = browser.new_context()
+    try:
+        bob = bob_context.new_page()
+        log_in(bob, dashboard, "bob")
+        bob.fill("#message-body", "all tabs?")
+        bob.select_option("#message-to", "alice")
+        bob.click("#send-message")
+        for tab in tabs:
+            tab.wait_for_selector(".toast:has-text('Message from bob: all tabs?')")
+    finally:
+        bob_context.close()

@@ -39,7 +39,14 @@ def current_user() -> str | None:
 def create_app() -> Flask:
     app = Flask(__name__)
     app.config["SECRET_KEY"] = os.environ.get("SECRET_KEY", "dashboard-demo-secret")
-    broker = SSEBroker(SSEConfig(identify=current_user, authorize=lambda topic: topic in TOPICS))
+    broker = SSEBroker(
+        SSEConfig(
+            identify=current_user,
+            authorize=lambda topic: topic in TOPICS,
+            # GET /_sse/stats, from this machine only.
+            stats=lambda: request.remote_addr == "127.0.0.1",
+        )
+    )
     setup_sse(app, broker)
     sse = SSEHelper(broker)
     step_seconds = float(os.environ.get("DASHBOARD_JOB_STEP", "0.3"))

@@ -1,8 +1,23 @@
 /**
  * Type declarations for flask-sse-broker's browser client (`/_sse/client.js`).
  *
- * Copy this file next to your code (or point `paths` at it) and declare the
- * module, e.g. `declare module "/_sse/client.js" { export * from "./client"; }`.
+ * TypeScript setup. The client is served by your app at run time, so tell
+ * the compiler where its declarations are: save this file (it is also served
+ * at `/_sse/client.d.ts`) as `types/flask-sse-broker/client.d.ts` beside your
+ * tsconfig.json, and map the import path to it there:
+ *
+ * BEGIN tsconfig.json
+ * {
+ *   "compilerOptions": {
+ *     "paths": { "/_sse/client.js": ["./types/flask-sse-broker/client.d.ts"] }
+ *   }
+ * }
+ * END tsconfig.json
+ *
+ * Then `import { connectSSE } from "/_sse/client.js";` type-checks, and the
+ * import is left as it is for the browser (any `moduleResolution`). A
+ * `declare module "/_sse/client.js"` block does NOT work: TypeScript treats a
+ * name starting with "/" as relative (errors TS2436 and TS2439).
  */
 
 /** The connection state reported by {@link SSEClient.onStateChange}. */
@@ -35,6 +50,20 @@ export interface SSEConfig {
   debug?: boolean;
   /** Extra event names the `"*"` wildcard should see. Default `[]`. */
   events?: string[];
+  /**
+   * Share one stream among all tabs of the origin that use the same `url`,
+   * held by a SharedWorker (`/_sse/shared-worker.js`): the server sees one
+   * connection however many tabs are open. Each tab keeps this whole API and
+   * receives only events of its own topics, plus broadcasts and direct sends.
+   * Where SharedWorker is missing, the client opens a stream of its own.
+   *
+   * A string shares the stream only among tabs that give the same string:
+   * when the client id follows the logged-in user (`identify`), pass
+   * something that changes with the login (e.g. the user id), so a tab that
+   * logged in as someone else does not join the previous user's stream.
+   * Default `false`.
+   */
+  shared?: boolean | string;
 }
 
 /** One event as handlers receive it. */
@@ -64,6 +93,11 @@ export interface SSEResetData {
   lastEventId: string | null;
 }
 
+/** Data of the `revoked` event: topics the server took away from this client. */
+export interface SSERevokedData {
+  topics: string[];
+}
+
 /** What {@link SSEClient.onError} handlers receive. */
 export interface SSEErrorInfo {
   message: string;
@@ -84,6 +118,7 @@ export type Unsubscribe = () => void;
 export interface SSEEventMap {
   connected: SSEConnectedData;
   reset: SSEResetData;
+  revoked: SSERevokedData;
   notification: unknown;
   update: { key: string; value: unknown };
   alert: { level: string; message: string };
@@ -105,6 +140,13 @@ export declare class SSEClient {
   readonly clientId: string | null;
   readonly lastEventId: string | null;
   readonly topics: string[];
+  /**
+   * Whether this client's events come through the shared stream of the
+   * SharedWorker: `false` for a stream of its own, also when `shared` was
+   * asked for where SharedWorker is missing (or before `connect()` found out
+   * the worker cannot run).
+   */
+  readonly shared: boolean;
 
   on<K extends keyof SSEEventMap>(type: K, handler: SSEHandler<SSEEventMap[K]>): Unsubscribe;
   on<T = unknown>(type: string, handler: SSEHandler<T>): Unsubscribe;

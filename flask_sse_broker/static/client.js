@@ -35,8 +35,22 @@
  * - `connected`: read for the client id, token, topics and heartbeat period,
  *   then given to `on("connected")` handlers only (not to "*").
  * - `reset`: the server could not replay everything since the cursor (history
- *   too short, or the server restarted): the page should reload its state.
+ *   too short, the server restarted, or it no longer accepted the client's
+ *   token and made it a new client): the page should reload its state.
  *   Given to `on("reset")` handlers only (not to "*").
+ * - `revoked`: the server took topics away (`{topics: [...]}`); they leave
+ *   `client.topics`, so no reconnect asks for them again. Given to
+ *   `on("revoked")` handlers only (not to "*"): like `connected` and `reset`
+ *   it is about the subscription, not an application event.
+ *
+ * Every `connected` event hands the client its id and token; a server that
+ * no longer accepts the old token (its SECRET_KEY changed) makes it a new
+ * client, and the client carries on with the new ones.
+ *
+ * Topic changes while the stream is down: a subscribe joins the reconnect's
+ * `topics=`; an unsubscribe is POSTed (with the token) before the stream
+ * reopens and leaves `topics=`, so the replay of what happened while away
+ * cannot bring back a topic the page has dropped.
  *
  * A native EventSource only dispatches a named event to listeners of that
  * name, so the "*" wildcard sees unnamed events, the SSEHelper's names
@@ -57,10 +71,13 @@ export const DEFAULT_CONFIG = Object.freeze({
   lastEventId: null,
   debug: false,
   events: [],
+  shared: false,
 });
 
 /** Names the wildcard listens for besides those passed to on(). */
 const WILDCARD_EVENTS = ["message", "notification", "update", "alert", "progress"];
+/** Events the client handles itself; always listened for. */
+const CONTROL_EVENTS = ["connected", "heartbeat", "reset", "revoked"];
 /** Answers to GET /connect that retrying cannot fix: the client stops. */
 const FATAL_STATUS = new Set([204, 400, 401, 403, 404]);
 /** The watchdog allows two heartbeat periods plus this much for slow networks. */
@@ -77,6 +94,23 @@ function parseData(raw) {
     return JSON.parse(raw);
   } catch {
     return raw; // a raw payload (SSEEvent(..., raw=True)) stays a string
+  }
+}
+
+/**
+ * On a shared stream (`shared=1`, read by the SharedWorker) every published
+ * event's data starts with a line holding its topic as JSON (`null` for
+ * broadcasts and direct sends). Control events are sent as they are: their
+ * data is one line of JSON. Returns `[topic, data]`; `topic` is undefined
+ * when the data carries none.
+ */
+function splitShared(type, data) {
+  const newline = data.indexOf("\n");
+  if (newline < 0 || CONTROL_EVENTS.includes(type) && data.startsWith("{")) return [undefined, data];
+  try {
+    return [JSON.parse(data.slice(0, newline)), data.slice(newline + 1)];
+  } catch {
+    return [undefined, data];
   }
 }
 
@@ -135,6 +169,11 @@ export class SSEClient {
   /** The id of the last event received: where a reconnect resumes. */
   get lastEventId() {
     return this._lastEventId;
+  }
+
+  /** Whether events come through the tabs' shared stream (see `shared`). */
+  get shared() {
+    return false;
   }
 
   /** The topics this client is subscribed to, as far as it knows. */
@@ -202,6 +241,10 @@ export class SSEClient {
   _open() {
     this._retryTimer = null;
     this._setState("connecting");
+    if (this._pendingUnsubscribe.size && this._token) {
+      this._sendPendingUnsubscribes();
+      return;
+    }
     const url = this._connectURL();
     this._log("connecting to", url);
     const source = new EventSource(url, { withCredentials: !!this.config.withCredentials });
@@ -210,7 +253,7 @@ export class SSEClient {
     for (const type of this._handlers.keys()) {
       for (const name of this._namesFor(type)) this._listen(source, name);
     }
-    for (const name of ["connected", "heartbeat", "reset", "message"]) this._listen(source, name);
+    for (const name of [...CONTROL_EVENTS, "message"]) this._listen(source, name);
     // A server may send `event: open` or `event: error`: those arrive through
     // these two handlers as MessageEvents and are passed on as events.
     source.onopen = (event) => {
@@ -222,6 +265,39 @@ export class SSEClient {
       this._onSourceError(source);
     };
     this._touch();
+  }
+
+  /**
+   * Topics dropped while the stream was down: tell the server before the
+   * stream reopens, since it remembers the client's topics for a while and
+   * would otherwise replay (and keep sending) them. A server that does not
+   * know the client (404) or no longer accepts its token (403) needs
+   * nothing: the reconnect without these topics is right. A server that
+   * cannot be reached or fails counts as a failed attempt.
+   */
+  async _sendPendingUnsubscribes() {
+    const generation = this._generation;
+    const topics = [...this._pendingUnsubscribe];
+    const controller = new AbortController();
+    this._probe = controller; // connect() waits for it; _halt() aborts it
+    let status = 0;
+    let message = "the server cannot be reached";
+    try {
+      const { response, body } = await this._post("unsubscribe", topics, this._token, controller.signal);
+      status = response.status;
+      message = (body && body.error) || response.statusText;
+    } catch {
+      // status 0: a network error
+    } finally {
+      if (this._probe === controller) this._probe = null;
+    }
+    if (generation !== this._generation) return;
+    if (status === 0 || status >= 500) {
+      this._retry(status ? `unsubscribe answered ${status}: ${message}` : message, status || null);
+      return;
+    }
+    for (const topic of topics) this._pendingUnsubscribe.delete(topic);
+    this._open();
   }
 
   _listen(source, name) {
@@ -240,6 +316,7 @@ export class SSEClient {
     if (this._topics.size) params.set("topics", [...this._topics].join(","));
     if (this._lastEventId) params.set("lastEventId", this._lastEventId);
     if (this._token) params.set("token", this._token);
+    if (this._sharedStream) params.set("shared", "1");
     return url.toString();
   }
 
@@ -411,14 +488,23 @@ export class SSEClient {
     if (event.lastEventId) this._lastEventId = event.lastEventId;
     const type = event.type;
     if (type === "heartbeat") return;
-    const message = { type, data: parseData(event.data), id: event.lastEventId, raw: event.data };
-    if (type === "connected") {
-      this._onConnected(message.data);
-      this._deliver(type, message);
-      return;
-    }
+    let raw = event.data;
+    let topic;
+    if (this._sharedStream) [topic, raw] = splitShared(type, raw);
+    const message = { type, data: parseData(raw), id: event.lastEventId, raw };
+    if (topic !== undefined) message.topic = topic;
+    if (type === "connected") this._onConnected(message.data);
+    else if (type === "revoked") this._onRevoked(message.data);
     this._deliver(type, message);
-    if (type !== "reset") this._deliver("*", message);
+    if (!CONTROL_EVENTS.includes(type)) this._deliver("*", message);
+  }
+
+  _onRevoked(data) {
+    const topics = Array.isArray(data && data.topics) ? data.topics : [];
+    for (const topic of topics) {
+      this._topics.delete(topic);
+      this._pendingSubscribe.delete(topic);
+    }
   }
 
   _onConnected(hello) {
@@ -511,19 +597,25 @@ export class SSEClient {
         if (action === "subscribe") this._topics.add(topic);
         else this._topics.delete(topic);
       }
+      if (action === "unsubscribe" && this._source && this._token) {
+        // An attempt is on its way asking for the old topics, and its replay
+        // would bring the dropped ones: start it again, unsubscribing first.
+        this._closeSource();
+        this._open();
+      }
       return this.topics;
     }
-    const response = await fetch(this._endpoint(action), {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      credentials: this.config.withCredentials ? "include" : "same-origin",
-      body: JSON.stringify({ token: this._token, topics }),
-    });
-    let body = null;
-    try {
-      body = await response.json();
-    } catch {
-      // reported below
+    const token = this._token;
+    let { response, body } = await this._post(action, topics, token);
+    if (response.status === 403 && this._token !== token) {
+      // The server stopped accepting the old token and the stream has
+      // reconnected as a new client meanwhile: the request is the new one's.
+      ({ response, body } = await this._post(action, topics, this._token));
+    }
+    if (response.status === 403 && body && body.error === "invalid token" && this._state !== "connected") {
+      // Refused for the token while the stream is down: the reconnect makes
+      // a new client, and the change is applied once it says hello.
+      return this._changeTopics(action, topics);
     }
     if (!response.ok || !body || !Array.isArray(body.topics)) {
       const reason = (body && body.error) || response.statusText || "unexpected answer";
@@ -531,6 +623,271 @@ export class SSEClient {
     }
     this._topics = new Set(body.topics);
     return this.topics;
+  }
+
+  async _post(action, topics, token, signal) {
+    const response = await fetch(this._endpoint(action), {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      credentials: this.config.withCredentials ? "include" : "same-origin",
+      body: JSON.stringify({ token, topics }),
+      signal,
+    });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch {
+      // the caller reports a body that is not JSON
+    }
+    return { response, body };
+  }
+}
+
+// -- one stream for all tabs -----------------------------------------------------
+
+/** How often a tab without the Web Locks API tells the worker it is alive. */
+const PING_INTERVAL = 20000;
+
+function randomId() {
+  return globalThis.crypto?.randomUUID?.() ?? `${Date.now()}-${Math.random().toString(36).slice(2)}`;
+}
+
+/**
+ * Hold a Web Lock named `name` until the returned function is called, or
+ * until this page goes away (closed, crashed, navigated): the browser frees
+ * a dead page's locks, which is how the worker learns that a tab is gone.
+ * `null` where the Web Locks API is missing.
+ */
+function holdLock(name) {
+  const locks = globalThis.navigator?.locks;
+  if (!locks) return Promise.resolve(null);
+  let release;
+  const held = new Promise((resolve) => {
+    release = resolve;
+  });
+  return new Promise((granted) => {
+    locks.request(name, () => {
+      granted(release);
+      return held;
+    });
+  });
+}
+
+/**
+ * An SSEClient whose stream lives in a SharedWorker (`/_sse/shared-worker.js`)
+ * that every tab of the origin with the same `url` shares. The tab keeps the
+ * whole client API; the worker holds one EventSource (itself an SSEClient, so
+ * reconnection, backoff, the watchdog, stop-on-4xx and Last-Event-ID resume
+ * are the same code) subscribed to the union of the tabs' topics, and hands
+ * each tab the events of its own topics, broadcasts and direct sends.
+ *
+ * Where SharedWorker is missing (or the worker cannot run), the client falls
+ * back to a stream of its own: the base class, unchanged.
+ */
+class SharedSSEClient extends SSEClient {
+  constructor(config) {
+    super(config);
+    this._local = typeof SharedWorker !== "function";
+    this._port = null;
+    this._member = null;
+    this._releaseLock = null;
+    this._pinger = null;
+    this._welcomed = false;
+    this._replies = new Map(); // request id -> {resolve, reject}
+    this._requests = 0;
+  }
+
+  /** Whether this client shares the worker's stream (false: its own stream). */
+  get shared() {
+    return !this._local;
+  }
+
+  on(type, handler) {
+    const fresh = !this._handlers.has(type);
+    const off = super.on(type, handler);
+    if (fresh && this._port) this._send({ op: "names", names: this._namesFor(type) });
+    return off;
+  }
+
+  connect() {
+    if (this._local) return super.connect();
+    if (this._port) {
+      // A member already: restart the worker's stream if it stopped.
+      if (this._state === "error" || this._state === "disconnected") this._send({ op: "connect" });
+      return this;
+    }
+    if (this._member) return this; // joining
+    this._generation += 1;
+    this._setState("connecting");
+    this._join(this._generation);
+    return this;
+  }
+
+  disconnect() {
+    if (this._local) return super.disconnect();
+    this._generation += 1;
+    this._leave();
+    this._setState("disconnected");
+    return this;
+  }
+
+  async _join(generation) {
+    const member = randomId();
+    this._member = member;
+    const lock = `flask-sse-broker:${member}`;
+    const release = await holdLock(lock);
+    if (generation !== this._generation) {
+      release?.();
+      return;
+    }
+    this._releaseLock = release;
+    const url = new URL(this.config.url, baseURL()).toString();
+    // Tabs share a stream when they use the same URL and the same key (a
+    // string `shared`), e.g. the logged-in user, so that a tab that logged
+    // in as someone else does not join the previous user's stream.
+    const key = typeof this.config.shared === "string" ? `${url} ${this.config.shared}` : url;
+    let worker;
+    try {
+      worker = new SharedWorker(new URL("./shared-worker.js", import.meta.url), {
+        type: "module",
+        name: `flask-sse-broker ${key}`,
+      });
+    } catch (error) {
+      this._log("no shared worker:", error);
+      this._fallBack();
+      return;
+    }
+    worker.onerror = (event) => {
+      // The script could not be loaded or run: no tab can share.
+      if (!this._welcomed && this._port === worker.port) this._fallBack(event);
+    };
+    this._port = worker.port;
+    this._url = key;
+    worker.port.onmessage = (event) => this._fromWorker(event.data);
+    worker.port.start();
+    const { topics, events, shared, ...config } = this.config;
+    this._send({
+      op: "join",
+      lock: release ? lock : null,
+      config: { ...config, url },
+      topics: [...this._topics],
+      names: this._allNames(),
+      lastEventId: this._lastEventId,
+    });
+    if (!release) {
+      // No Web Locks: tell the worker this tab is alive now and then.
+      this._pinger = setInterval(() => this._send({ op: "ping" }), PING_INTERVAL);
+    }
+  }
+
+  _allNames() {
+    const names = new Set(["message"]);
+    for (const type of this._handlers.keys()) for (const name of this._namesFor(type)) names.add(name);
+    return [...names];
+  }
+
+  _leave() {
+    if (this._port) {
+      this._send({ op: "leave" });
+      this._port.onmessage = null;
+      this._port.close();
+    }
+    this._port = null;
+    this._member = null;
+    this._welcomed = false;
+    clearInterval(this._pinger);
+    this._pinger = null;
+    this._releaseLock?.();
+    this._releaseLock = null;
+    for (const { reject } of this._replies.values()) {
+      reject(new SSERequestError("the client disconnected", 0));
+    }
+    this._replies.clear();
+  }
+
+  /** The worker is unavailable: carry on with a stream of this tab's own. */
+  _fallBack(reason) {
+    this._log("falling back to a stream of this tab's own", reason ?? "");
+    const pending = [...this._replies.values()];
+    this._leave();
+    this._local = true;
+    this._generation += 1;
+    super.connect();
+    for (const { reject } of pending) reject(new SSERequestError("the shared stream is unavailable", 0));
+  }
+
+  _send(message) {
+    this._port?.postMessage({ ...message, url: this._url, member: this._member });
+  }
+
+  _fromWorker(message) {
+    this._welcomed = true;
+    switch (message.kind) {
+      case "unsupported":
+        this._fallBack("the worker cannot open an EventSource");
+        return;
+      case "state":
+        this._setState(message.state);
+        return;
+      case "error":
+        this._emitError(message.info);
+        return;
+      case "reply":
+        return this._onReply(message);
+      case "connected": {
+        const hello = message.data;
+        this._clientId = hello.clientId ?? null;
+        this._token = hello.token ?? this._token;
+        this._heartbeat = Number(hello.heartbeat) || 0;
+        if (hello.lastEventId) this._lastEventId = hello.lastEventId;
+        this._topics = new Set(hello.topics || []);
+        this._setState("connected");
+        this._deliver("connected", this._message("connected", JSON.stringify(hello), hello.lastEventId));
+        return;
+      }
+      case "event": {
+        if (message.id) this._lastEventId = message.id;
+        const msg = this._message(message.type, message.raw, message.id);
+        if (message.type === "revoked") this._onRevoked(msg.data);
+        this._deliver(message.type, msg);
+        if (!CONTROL_EVENTS.includes(message.type)) this._deliver("*", msg);
+        return;
+      }
+    }
+  }
+
+  _message(type, raw, id) {
+    return { type, data: parseData(raw), id: id ?? this._lastEventId ?? "", raw };
+  }
+
+  _onReply({ id, topics, error }) {
+    const waiting = this._replies.get(id);
+    if (!waiting) return;
+    this._replies.delete(id);
+    if (error) {
+      waiting.reject(new SSERequestError(error.message, error.status));
+      return;
+    }
+    this._topics = new Set(topics);
+    waiting.resolve(this.topics);
+  }
+
+  _changeTopics(action, topics) {
+    if (this._local) return super._changeTopics(action, topics);
+    if (!topics.length) return Promise.resolve(this.topics);
+    if (!this._port) {
+      // Not a member yet: the topics go with the join.
+      for (const topic of topics) {
+        if (action === "subscribe") this._topics.add(topic);
+        else this._topics.delete(topic);
+      }
+      return Promise.resolve(this.topics);
+    }
+    return new Promise((resolve, reject) => {
+      const id = ++this._requests;
+      this._replies.set(id, { resolve, reject });
+      this._send({ op: action, id, topics });
+    });
   }
 }
 
@@ -550,7 +907,7 @@ export class SSEManager {
   client(name, config) {
     let client = this._clients.get(name);
     if (!client) {
-      client = new SSEClient({ ...this._defaults, ...config });
+      client = createSSEClient({ ...this._defaults, ...config });
       this._clients.set(name, client);
     }
     return client;
@@ -601,5 +958,5 @@ export function connectSSE(name, config) {
 
 /** A client outside the manager, not yet connected. */
 export function createSSEClient(config) {
-  return new SSEClient(config);
+  return config && config.shared ? new SharedSSEClient(config) : new SSEClient(config);
 }

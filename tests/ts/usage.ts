@@ -26,6 +26,7 @@ const config: SSEConfig = {
   lastEventId: "1795733545487358-12",
   debug: true,
   events: ["order"],
+  shared: true,
 };
 
 const sse: SSEClient = connectSSE("main", config);
@@ -50,6 +51,9 @@ sse.on("progress", (msg) => {
 sse.on("alert", (msg) => console.log(msg.data.level.toUpperCase()));
 sse.on("connected", (msg) => console.log(msg.data.clientId, msg.data.heartbeat));
 sse.on("reset", (msg) => console.log(msg.data.lastEventId));
+sse.on("revoked", (msg) => console.log(msg.data.topics.join(",")));
+const isShared: boolean = sse.shared;
+console.log(isShared);
 sse.on("*", (msg: SSEMessage) => console.log(msg.type));
 sse.onMessage((msg) => console.log(msg.data));
 sse.onError((error: SSEErrorInfo) => {
@@ -91,6 +95,9 @@ standalone.connect();
 const wrong: SSEState = "open";
 // @ts-expect-error: maxRetries is a number
 createSSEClient({ maxRetries: "5" });
+createSSEClient({ shared: "user-42" });
+// @ts-expect-error: shared is a boolean or a key string
+createSSEClient({ shared: 1 });
 // @ts-expect-error: topics are strings
 void sse.subscribe(42);
 console.log(wrong);
