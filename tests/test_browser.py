@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from flask_sse_broker import SSEBroker
-
 from .browser_support import Outage, open_page, wait_js
 from .support import ROOT, Server, http_request, wait_for
 
@@ -393,10 +391,6 @@ def test_a_topic_request_refused_for_an_old_token_is_retried_with_the_new_one(
     assert [e["data"] for e in wait_events(page, "c", 1)] == ["b"]
 
 
-needs_revoke = pytest.mark.skipif(not hasattr(SSEBroker, "revoke"), reason="needs SSEBroker.revoke")
-
-
-@needs_revoke
 def test_revoked_topics_leave_the_client_and_its_reconnects(page: t.Any, server: Server) -> None:
     open_page(page, server.url("/page"))
     connect(page, "c", {"topics": ["rv-keep", "rv-gone"], "reconnectDelay": 150}, types=["revoked"])

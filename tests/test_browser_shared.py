@@ -6,13 +6,10 @@ by the pages of one profile, as the tabs of one browser window are.
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import typing as t
 
 import pytest
-
-from flask_sse_broker import SSEBroker
 
 from .browser_support import WAIT_MS, open_page, wait_js
 from .support import Server, wait_for
@@ -263,7 +260,6 @@ def test_a_worker_that_cannot_load_falls_back_to_a_stream_per_tab(context: t.Any
     assert wait_count(page, 1) == ["own stream"]
 
 
-@pytest.mark.skipif(not hasattr(SSEBroker, "revoke"), reason="needs SSEBroker.revoke")
 def test_revoked_reaches_the_tabs_that_hold_the_topic(context: t.Any, server: Server) -> None:
     holder, other = tabs(context, server, 2)
     join(holder, ["rvs-gone", "rvs-keep"])
@@ -280,9 +276,6 @@ def test_revoked_reaches_the_tabs_that_hold_the_topic(context: t.Any, server: Se
     assert other.evaluate("() => rec.c.named.revoked") == []
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("flask_sse_broker._topics") is None, reason="needs topic patterns (SPEC §9.1)"
-)
 def test_pattern_subscriptions_route_to_the_tabs_they_match(context: t.Any, server: Server) -> None:
     star, one, deep = tabs(context, server, 3)
     join(star, ["pat/*"])
