@@ -16,6 +16,8 @@ import time
 import typing as t
 
 from . import signals
+from ._announce import Announcer
+from ._heartbeat import run_heartbeats
 from ._hub import Hub
 from ._metrics import Metrics, metrics_for
 from ._process import ForkWatch, install_sigterm_handler, register_shutdown
@@ -23,7 +25,8 @@ from ._socket import abort
 from ._topics import Subscriptions, check_publish_topic, check_topic
 from ._wake import flush as flush_wakeups
 from ._wake import new_wake
-from ._wire import Audience, check_event_id, shared_frame
+from ._watchers import Watchers
+from ._wire import MAX_ID_LENGTH, Audience, check_event_id, new_client_id, shared_frame, validate_client_id
 from .backends import Backend, Replay, backend_for
 from .config import SSEConfig
 from .event import SSEEvent
@@ -34,13 +37,7 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("flask_sse_broker")
 
-#: Seconds between sweeps of expired sessions when heartbeats are off.
-_SESSION_SWEEP = 5.0
-
 _Item = tuple[Audience, str | None, SSEEvent]  # one publish: who it is for, and the event
-
-#: The longest ``Last-Event-ID``, client id or idempotency key accepted.
-MAX_ID_LENGTH = 256
 
 
 class SSEBroker:
@@ -67,7 +64,7 @@ class SSEBroker:
         self.config = config if config is not None else SSEConfig()
         self._backend_given = backend is not None
         self._hub = Hub(self.config)
-        self._announcer = _Announcer(self)
+        self._announcer = Announcer(self)
         self._hub.overflow_watcher = self._announcer
         self._fork = ForkWatch()
         self._started = False
@@ -81,7 +78,7 @@ class SSEBroker:
     def _attach(self, backend: Backend) -> None:
         """Bind ``backend`` to the hub; its presence hears of clients first."""
         backend.bind(self._hub)
-        self._hub.watchers = [backend, self._announcer]
+        self._hub.watchers = Watchers([backend, self._announcer])
 
     def configure(self, config: SSEConfig) -> None:
         """Replace the configuration.
@@ -155,27 +152,12 @@ class SSEBroker:
             if self._heartbeat_thread is not None or self._hub.closing:
                 return
             self._heartbeat_thread = threading.Thread(
-                target=self._run_heartbeats, name="sse-heartbeat", daemon=True
+                target=run_heartbeats,
+                args=(self._hub, lambda: self.config.heartbeat_seconds, lambda t: self._stop.wait(t)),
+                name="sse-heartbeat",
+                daemon=True,
             )
         self._heartbeat_thread.start()
-
-    def _run_heartbeats(self) -> None:
-        # Wakes at least once a second so a reconfigured interval applies at
-        # once; with heartbeats off it still forgets expired sessions.
-        last = time.monotonic()
-        while True:
-            interval = self.config.heartbeat_seconds
-            due = last + (interval or _SESSION_SWEEP)
-            if self._stop.wait(max(0.0, min(due - time.monotonic(), 1.0))):
-                return
-            now = time.monotonic()
-            if now < due:
-                continue
-            last = now
-            try:
-                self._hub.beat(heartbeats=interval > 0)
-            except Exception:  # pragma: no cover - keep beating whatever happens
-                logger.exception("heartbeat pass failed")
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop accepting streams, end every stream, stop background work.
@@ -498,48 +480,6 @@ class SSEBroker:
         return state
 
 
-class _Announcer:
-    """Tells the app (hooks, signals, the log) what the hub saw, after its lock."""
-
-    __slots__ = ("broker",)
-
-    def __init__(self, broker: SSEBroker) -> None:
-        self.broker = broker
-
-    def client_opened(self, client: SSEClient) -> None:
-        self._notify(self.broker.config.on_connect, signals.client_connected, client)
-
-    def client_closed(self, client: SSEClient) -> None:
-        self._notify(self.broker.config.on_disconnect, signals.client_disconnected, client)
-
-    def client_revoked(self, client: SSEClient, topics: frozenset[str]) -> None:
-        if signals.topic_revoked.receivers:
-            signals.topic_revoked.send(self.broker, client=client, topics=topics)
-
-    def _notify(self, hook: t.Callable[[SSEClient], None] | None, signal_: t.Any, client: SSEClient) -> None:
-        if hook is not None:
-            try:
-                hook(client)
-            except Exception:
-                logger.exception("SSE hook %r failed for client %r", hook, client.id)
-        if signal_.receivers:
-            signal_.send(self.broker, client=client)
-
-    def overflowed(self, connections: list[SSEConnection], first: list[SSEConnection]) -> None:
-        config = self.broker.config
-        for conn in first:
-            logger.warning(
-                "client %r reads too slowly: its buffer of %d events overflowed (%s)",
-                conn.client.id,
-                config.event_buffer_size,
-                config.overflow,
-            )
-        signal_ = signals.event_dropped
-        if signal_.receivers:
-            for conn in connections:
-                signal_.send(self.broker, client=conn.client, connection=conn, policy=config.overflow)
-
-
 def _control_frame(event: str, data: t.Any, *, id: str | None = None, retry: int | None = None) -> bytes:
     """Encode a broker-generated event such as ``connected`` or ``reset``."""
     return SSEEvent(data, event=event, retry=retry).encode(id)
@@ -550,16 +490,3 @@ def _topic_args(topics: tuple[t.Any, ...]) -> t.Iterable[t.Any]:
     if len(topics) == 1 and isinstance(topics[0], (list, tuple, set, frozenset)):
         return tuple(topics[0])
     return topics
-
-
-def new_client_id() -> str:
-    """A random, unguessable client id."""
-    return secrets.token_urlsafe(16)
-
-
-def validate_client_id(client_id: str) -> str:
-    if not isinstance(client_id, str):
-        raise TypeError(f"client_id must be a str, not {type(client_id).__name__}")
-    if not client_id or len(client_id) > MAX_ID_LENGTH or not client_id.isprintable():
-        raise ValueError(f"invalid client id {client_id[:80]!r}")
-    return client_id

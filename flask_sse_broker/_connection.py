@@ -146,6 +146,15 @@ class SSEConnection:
         #: ``_take`` in the lock hold it takes anyway (or by a scrape).
         self._written: tuple[float, int] | None = None
 
+    def debug_state_locked(self) -> dict[str, t.Any]:
+        """This stream's state, for the hub's debug snapshot (under the lock)."""
+        return {
+            "queued": len(self._queue),
+            "head": bool(self._head),
+            "closed": self._closed,
+            "finished": self._finished,
+        }
+
     def __repr__(self) -> str:
         return f"<SSEConnection of {self.client.id!r} queued={len(self._queue)} closed={self._closed}>"
 
@@ -162,21 +171,11 @@ class SSEConnection:
             return b"".join(head)
         timing = self._timing
         if timing is not None and self._unrecorded is not None:
-            # The server asks for the next chunk once the last one is written:
-            # time it now (inline: this runs once per write).
-            chunk, self._unrecorded = self._unrecorded, None
-            published = chunk[0].at or chunk[-1].at
-            if published:
-                self._written = (time.time() - published, len(chunk))
+            self._record_written()
         while True:
             batch = self._take()
-            skip = self._skip_through
-            if skip is not None:
-                # Live events that the replay already sent (a distributed
-                # backend replays outside the lock, so the two may overlap).
-                batch = [e for e in batch if e.seq is None or e.seq > skip]
-                if any(e.seq is not None for e in batch):
-                    self._skip_through = None
+            if self._skip_through is not None:
+                batch = self._skip_replayed(batch, self._skip_through)
             if timing is not None and batch:
                 self._unrecorded = batch
             if len(batch) == 1:  # a heartbeat, or a stream keeping up
@@ -189,6 +188,22 @@ class SSEConnection:
                 if self._shared:
                     return b"".join([shared_frame(e) for e in batch])
                 return b"".join([e.frame for e in batch])
+
+    def _record_written(self) -> None:
+        """The server asks for the next chunk once the last one is written:
+        time it now (inline: this runs once per write, with metrics on)."""
+        chunk, self._unrecorded = self._unrecorded, None
+        published = chunk[0].at or chunk[-1].at if chunk else None
+        if chunk and published:
+            self._written = (time.time() - published, len(chunk))
+
+    def _skip_replayed(self, batch: list[Queued], skip: Seq) -> list[Queued]:
+        """Drop live events that the replay already sent (a distributed
+        backend replays outside the lock, so the two may overlap)."""
+        batch = [e for e in batch if e.seq is None or e.seq > skip]
+        if any(e.seq is not None for e in batch):
+            self._skip_through = None
+        return batch
 
     def _take(self) -> list[Queued]:
         """Wait until something is queued; take all of it.

@@ -29,6 +29,7 @@ from ._connection import SSEClient, SSEConnection
 from ._sessions import Sessions
 from ._timing import DeliveryTiming
 from ._topics import TopicIndex, is_pattern
+from ._watchers import OverflowWatcher, Watchers
 from ._wire import HEARTBEAT_FRAME, Audience, Envelope, Frame, encode_body, frame, json_dumps
 from .exceptions import BrokerUnavailable, ClientNotFound, TooManyConnections, TooManyTopics
 
@@ -41,24 +42,6 @@ _ALL = Audience.ALL
 _TOPIC = Audience.TOPIC
 
 
-class ClientWatcher(t.Protocol):
-    """Told, after the lock, when a client id's first connection opens and
-    when its last one ends. A backend's presence is one; the broker's hooks
-    and signals another."""
-
-    def client_opened(self, client: SSEClient) -> None: ...
-
-    def client_closed(self, client: SSEClient) -> None: ...
-
-    def client_revoked(self, client: SSEClient, topics: frozenset[str]) -> None: ...
-
-
-class OverflowWatcher(t.Protocol):
-    def overflowed(self, connections: list[SSEConnection], first: list[SSEConnection]) -> None:
-        """``connections`` overflowed on one event; ``first`` is those that
-        overflowed for the first time."""
-
-
 class Hub:
     """Clients, connections, topics and sessions of one process, and fan-out.
 
@@ -69,7 +52,7 @@ class Hub:
         self.config = config
         #: Told after the lock about clients (in this order): the backend's
         #: presence, then the broker's hooks and signals.
-        self.watchers: list[ClientWatcher] = []
+        self.watchers = Watchers()
         #: Told after the lock about overflows (the broker logs and signals).
         self.overflow_watcher: OverflowWatcher | None = None
         #: Every connection's ``on_close``: one bound method shared by all,
@@ -131,18 +114,6 @@ class Hub:
                 break
             task(*args)
 
-    def _client_opened(self, client: SSEClient) -> None:
-        for watcher in self.watchers:
-            watcher.client_opened(client)
-
-    def _client_closed(self, client: SSEClient) -> None:
-        for watcher in self.watchers:
-            watcher.client_closed(client)
-
-    def _client_revoked(self, client: SSEClient, topics: frozenset[str]) -> None:
-        for watcher in self.watchers:
-            watcher.client_revoked(client, topics)
-
     # -- connections ----------------------------------------------------------
 
     def open(
@@ -172,9 +143,8 @@ class Hub:
             first = client is None
             if client is None:
                 client = SSEClient(client_id, metadata)
-                session = self._sessions.get(client_id)
-                if session is not None and session[1] > time.monotonic():
-                    remembered = session[0]  # again under the lock: a revoke may have changed it
+                fresh = self._sessions.unexpired(client_id, time.monotonic())
+                remembered = remembered if fresh is None else fresh  # again: a revoke may have changed it
                 client._topics.update(remembered)
             elif metadata:
                 client.metadata.update(metadata)
@@ -194,7 +164,7 @@ class Hub:
     def opened(self, client: SSEClient) -> None:
         """Tell the watchers a new client's first connection is ready (after
         its replay, so presence never announces a half-open client)."""
-        self._client_opened(client)
+        self.watchers.client_opened(client)
 
     def release(self, conn: SSEConnection) -> None:
         """The stream ended: forget the connection; the client's record goes
@@ -232,7 +202,7 @@ class Hub:
             self._remember_locked(
                 client.id, frozenset(client._topics), time.monotonic() + self.config.session_ttl
             )
-        self._after_lock.append((self._client_closed, client))
+        self._after_lock.append((self.watchers.client_closed, client))
 
     def disconnect(self, client_id: str) -> int:
         """Close every connection of ``client_id`` here and forget its
@@ -328,18 +298,13 @@ class Hub:
         with self.lock:
             if client_id is None:
                 clients = list({conn.client for conn in self._topics.holders(topic)})
-                sessions = [cid for cid, (held, _) in self._sessions.items() if topic in held]
             else:
                 clients = [c for c in (self._clients.get(client_id),) if c is not None and topic in c._topics]
-                session = self._sessions.get(client_id)
-                sessions = [client_id] if session is not None and topic in session[0] else []
-            for cid in sessions:
-                held, expiry = self._sessions.get(cid)  # type: ignore[misc]
-                self._remember_locked(cid, held - {topic}, expiry)
+            sessions = self._sessions.drop(topic, client_id)
             for client in clients:
                 self._topics.discard(topic, client._connections)
                 client._revoke_locked(topic, notice)
-                self._after_lock.append((self._client_revoked, client, frozenset((topic,))))
+                self._after_lock.append((self.watchers.client_revoked, client, frozenset((topic,))))
         self.run_after_lock()
         return clients, sessions
 
@@ -362,9 +327,9 @@ class Hub:
         session here, nothing for a client live here (it already has them),
         ``None`` when this process does not know it (ask the backend)."""
         with self.lock:
-            session = self._sessions.get(client_id)
-            if session is not None and session[1] > time.monotonic():
-                return session[0]
+            topics = self._sessions.unexpired(client_id, time.monotonic())
+            if topics is not None:
+                return topics
             if client_id in self._clients:
                 return frozenset()
         return None
@@ -508,13 +473,11 @@ class Hub:
             )
         return result
 
-    def metric_values(self) -> tuple[dict[str, int], DeliveryTiming | None]:
-        """Counters, sizes and a copy of the timing (idle streams' last writes in)."""
+    def metric_values(self) -> tuple[dict[str, t.Any], DeliveryTiming | None]:
+        """:meth:`stats` and a copy of the timing (idle streams' last writes in)."""
         with self.lock:
-            values = dict(self.counters, clients=len(self._clients), topics=len(self._topics))
-            values["connections"] = len(self._connections)
-            timing = self.timing
-            return values, timing.collect_locked(self._connections) if timing is not None else None
+            timing = self.timing.collect_locked(self._connections) if self.timing is not None else None
+        return self.stats(), timing
 
     def debug_state(self, conn: SSEConnection | None = None) -> dict[str, t.Any]:
         """Everything the lock guards, as plain data, for tests: proof that
@@ -530,10 +493,5 @@ class Hub:
                 "counters": dict(self.counters),
             }
             if conn is not None:
-                state["stream"] = {
-                    "queued": len(conn._queue),
-                    "head": bool(conn._head),
-                    "closed": conn._closed,
-                    "finished": conn._finished,
-                }
+                state["stream"] = conn.debug_state_locked()
         return state

@@ -19,9 +19,9 @@ import typing as t
 
 from flask import Response, jsonify, request
 
-from ._broker import MAX_ID_LENGTH, SSEBroker
+from ._broker import SSEBroker
 from ._requests import RequestError
-from ._wire import Audience
+from ._wire import MAX_ID_LENGTH, Audience
 from .event import SSEEvent
 from .exceptions import SSEError
 

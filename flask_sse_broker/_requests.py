@@ -15,7 +15,8 @@ import typing as t
 
 from flask import request
 
-from ._broker import SSEBroker, validate_client_id
+from ._broker import SSEBroker
+from ._wire import validate_client_id
 from .exceptions import SSEError
 from .tokens import load_token
 

@@ -62,6 +62,23 @@ class Sessions:
             self.forget(next(iter(items)))
             self.evicted += 1
 
+    def unexpired(self, client_id: str, now: float) -> frozenset[str] | None:
+        """The topics remembered for ``client_id`` unless expired by ``now``."""
+        session = self._items.get(client_id)
+        return session[0] if session is not None and session[1] > now else None
+
+    def drop(self, topic: str, client_id: str | None = None) -> list[str]:
+        """Take ``topic`` from one remembered client, or from every one
+        holding it; return their ids. (Shrinking evicts nobody.)"""
+        items = self._items
+        ids = list(items) if client_id is None else [client_id]
+        taken = [cid for cid in ids if cid in items and topic in items[cid][0]]
+        for cid in taken:
+            held, expiry = items[cid]
+            self.bytes -= _size(cid, held) - _size(cid, held - {topic})
+            items[cid] = (held - {topic}, expiry)
+        return taken
+
     def forget(self, client_id: str) -> None:
         session = self._items.pop(client_id, None)
         if session is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+import secrets
 import typing as t
 
 #: Matches every line break the SSE parser recognises: CRLF, lone CR, lone LF.
@@ -213,3 +214,20 @@ def shared_frame(queued: Envelope | Frame) -> bytes:
         return queued.frame
     target = queued.target if queued.audience is Audience.TOPIC else None
     return b"data: %s\n%s" % (json.dumps(target).encode("ascii"), queued.frame)
+
+
+#: The longest ``Last-Event-ID``, client id or idempotency key accepted.
+MAX_ID_LENGTH = 256
+
+
+def new_client_id() -> str:
+    """A random, unguessable client id."""
+    return secrets.token_urlsafe(16)
+
+
+def validate_client_id(client_id: str) -> str:
+    if not isinstance(client_id, str):
+        raise TypeError(f"client_id must be a str, not {type(client_id).__name__}")
+    if not client_id or len(client_id) > MAX_ID_LENGTH or not client_id.isprintable():
+        raise ValueError(f"invalid client id {client_id[:80]!r}")
+    return client_id

@@ -16,10 +16,11 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request, sen
 from werkzeug.exceptions import HTTPException
 
 from . import _publish, _requests
-from ._broker import SSEBroker, new_client_id
+from ._broker import SSEBroker
 from ._process import install_sigterm_handler
 from ._requests import RequestError
 from ._socket import limit_write_stall
+from ._wire import new_client_id
 from .exceptions import BrokerUnavailable, ClientNotFound, SSEError
 from .tokens import make_token
 

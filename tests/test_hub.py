@@ -55,7 +55,7 @@ def hub() -> Hub:
 @pytest.fixture
 def watcher(hub: Hub) -> Watcher:
     watcher = Watcher(hub)
-    hub.watchers = [watcher]
+    hub.watchers.append(watcher)
     hub.overflow_watcher = watcher
     return watcher
 
