@@ -20,7 +20,7 @@ import typing as t
 from flask import Response, jsonify, request
 
 from ._broker import SSEBroker
-from ._requests import RequestError
+from ._requests import RequestError, json_body_bytes
 from ._wire import MAX_ID_LENGTH, Audience
 from .event import SSEEvent
 from .exceptions import SSEError
@@ -73,7 +73,7 @@ def publish(broker: SSEBroker) -> list[str]:
     :raises BackendError: the backend did not take the events (a 503).
     """
     _check_access(broker)
-    items = parse_body(_read_body(broker.config.max_publish_bytes), broker)
+    items = parse_body(json_body_bytes(broker.config.max_publish_bytes), broker)
     return broker._publish_events(items)
 
 
@@ -98,17 +98,6 @@ def _check_access(broker: SSEBroker) -> None:
             )
     if hook is not None and not hook(request):
         raise PublishError(403, "not allowed to publish")
-
-
-def _read_body(limit: int) -> bytes:
-    if request.mimetype != "application/json":
-        raise PublishError(415, "the body must be application/json")
-    if (request.content_length or 0) > limit:
-        raise PublishError(413, f"the body is larger than {limit} bytes")
-    raw = request.stream.read(limit + 1)
-    if len(raw) > limit:
-        raise PublishError(413, f"the body is larger than {limit} bytes")
-    return raw
 
 
 def _refuse_constant(name: str) -> t.NoReturn:

@@ -45,15 +45,22 @@ def last_event_id() -> str | None:
     return request.headers.get("Last-Event-ID") or request.args.get("lastEventId") or None
 
 
-def topics_body() -> tuple[str, list[t.Any]]:
-    """Parse ``{"token": ..., "topics": [...]}``: 415, 413 or 400 on failure."""
+def json_body_bytes(limit: int) -> bytes:
+    """The raw body of a JSON request: 415 for another media type, 413 over
+    ``limit`` bytes (declared or sent: a chunked body has no length)."""
     if request.mimetype != "application/json":
         raise RequestError(415, "the body must be application/json")
-    if (request.content_length or 0) > MAX_BODY_BYTES:
-        raise RequestError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
-    raw = request.stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise RequestError(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    if (request.content_length or 0) > limit:
+        raise RequestError(413, f"the body is larger than {limit} bytes")
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise RequestError(413, f"the body is larger than {limit} bytes")
+    return raw
+
+
+def topics_body() -> tuple[str, list[t.Any]]:
+    """Parse ``{"token": ..., "topics": [...]}``: 415, 413 or 400 on failure."""
+    raw = json_body_bytes(MAX_BODY_BYTES)
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):

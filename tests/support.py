@@ -339,3 +339,30 @@ class EventReader(QueuedEvents):
 def connect_url(server: Server, **params: str) -> str:
     query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
     return server.url("/_sse/connect" + ("?" + query if query else ""))
+
+
+def worker_pids(srv: Server, count: int) -> list[int]:
+    """The pids of the ``count`` workers of a gunicorn server, once all are up."""
+    assert srv.proc is not None
+    path = f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children"
+
+    def children() -> list[int]:
+        with open(path) as f:
+            pids = [int(p) for p in f.read().split()]
+        return pids if len(pids) == count else []
+
+    return sorted(wait_for(children, 20, what=f"{count} gunicorn workers"))
+
+
+@contextlib.contextmanager
+def only_worker(pid: int, workers: list[int]) -> t.Iterator[None]:
+    """Pause every other worker, so the next connection is accepted by ``pid``
+    (a gevent worker accepts greedily: one would otherwise take them all)."""
+    others = [w for w in workers if w != pid]
+    for other in others:
+        os.kill(other, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for other in others:
+            os.kill(other, signal.SIGCONT)

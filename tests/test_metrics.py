@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +13,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .redis_support import SHARED_URL, requires_redis
-from .support import ROOT, SERVER_KINDS, EventReader, Server, connect_url, http_request, wait_for
+from .support import (
+    ROOT,
+    SERVER_KINDS,
+    EventReader,
+    Server,
+    connect_url,
+    http_request,
+    only_worker,
+    wait_for,
+    worker_pids,
+)
 
 METRICS_CONFIG = {
     "SSE_HEARTBEAT_INTERVAL": 0.5,
@@ -172,31 +180,6 @@ def test_metrics_off_never_imports_prometheus_client() -> None:
 # -- several workers ---------------------------------------------------------------
 
 
-def _worker_pids(srv: Server, count: int) -> list[int]:
-    assert srv.proc is not None
-    path = f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children"
-
-    def children() -> list[int]:
-        with open(path) as f:
-            pids = [int(p) for p in f.read().split()]
-        return pids if len(pids) == count else []
-
-    return sorted(wait_for(children, 20, what=f"{count} gunicorn workers"))
-
-
-@contextlib.contextmanager
-def only_worker(pid: int, workers: list[int]) -> t.Iterator[None]:
-    """Pause every other worker, so the next connection is accepted by ``pid``."""
-    others = [w for w in workers if w != pid]
-    for other in others:
-        os.kill(other, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for other in others:
-            os.kill(other, signal.SIGCONT)
-
-
 @pytest.mark.parametrize("kind", ["gevent", "gthread"])
 def test_two_workers_in_multiprocess_mode_sum_their_figures(kind: str, tmp_path: Path) -> None:
     srv = Server(
@@ -208,7 +191,7 @@ def test_two_workers_in_multiprocess_mode_sum_their_figures(kind: str, tmp_path:
     )
     readers: list[EventReader] = []
     with srv:
-        workers = _worker_pids(srv, 2)
+        workers = worker_pids(srv, 2)
         try:
             # Two streams on the first worker, one on the second; each worker
             # publishes to its own subscribers (in-process backend).

@@ -11,7 +11,7 @@ import pytest
 from flask_sse_broker import InvalidTopic, SSEBroker, SSEConfig
 
 from .plugins.servers import SHARED_CONFIG
-from .redis_support import SHARED_URL, Cluster, ConnectionReader, delete_prefix, new_prefix, requires_redis
+from .redis_support import Cluster, ConnectionReader, requires_redis
 from .support import SERVER_KINDS, EventReader, Server, connect_url, http_request
 
 APP = "tests.apps.patternsapp:create_app()"
@@ -225,15 +225,6 @@ def test_the_browser_query_accepts_encoded_patterns(server: Server) -> None:
 
 
 # -- through Redis -----------------------------------------------------------------
-
-
-@pytest.fixture
-def cluster() -> t.Iterator[Cluster]:
-    prefix = new_prefix()
-    c = Cluster(SHARED_URL, prefix)
-    yield c
-    c.close()
-    delete_prefix(SHARED_URL, prefix)
 
 
 @requires_redis

@@ -7,10 +7,7 @@ tests run real servers, separate processes and a plain-Python publisher.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +32,17 @@ from .redis_support import (
     requires_redis,
     requires_redis_server,
 )
-from .support import ROOT, EventReader, Server, connect_url, free_port, http_request, wait_for
+from .support import (
+    ROOT,
+    EventReader,
+    Server,
+    connect_url,
+    free_port,
+    http_request,
+    only_worker,
+    wait_for,
+    worker_pids,
+)
 
 pytestmark = requires_redis
 
@@ -313,37 +320,11 @@ def test_the_listener_catches_up_from_the_stream_after_losing_its_connection(clu
 # -- real servers ----------------------------------------------------------------
 
 
-def _worker_pids(srv: Server, count: int) -> list[int]:
-    assert srv.proc is not None
-    path = f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children"
-
-    def children() -> list[int]:
-        with open(path) as f:
-            pids = [int(p) for p in f.read().split()]
-        return pids if len(pids) == count else []
-
-    return sorted(wait_for(children, 20, what=f"{count} gunicorn workers"))
-
-
-@contextlib.contextmanager
-def only_worker(pid: int, workers: list[int]) -> t.Iterator[None]:
-    """Pause every other worker, so the next connection is accepted by ``pid``
-    (a gevent worker accepts greedily: one would otherwise take them all)."""
-    others = [w for w in workers if w != pid]
-    for other in others:
-        os.kill(other, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for other in others:
-            os.kill(other, signal.SIGCONT)
-
-
 def test_gevent_two_workers_deliver_everything_published_from_either_worker(
     make_server: t.Callable[..., Server], prefix: str
 ) -> None:
     srv = make_server("gevent", config=redis_config(prefix), workers=2)
-    workers = _worker_pids(srv, 2)
+    workers = worker_pids(srv, 2)
     readers: dict[int, list[tuple[EventReader, str]]] = {}
     for pid in workers:
         with only_worker(pid, workers):

@@ -203,15 +203,6 @@ def test_the_backend_hears_of_a_revoke_after_the_lock() -> None:
 # -- through Redis -------------------------------------------------------------------
 
 
-@pytest.fixture
-def cluster() -> t.Iterator[Cluster]:
-    prefix = new_prefix()
-    c = Cluster(SHARED_URL, prefix)
-    yield c
-    c.close()
-    delete_prefix(SHARED_URL, prefix)
-
-
 @requires_redis
 def test_revoke_in_one_process_reaches_a_client_in_another(cluster: Cluster) -> None:
     holder, other = cluster.broker(), cluster.broker()
