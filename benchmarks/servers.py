@@ -282,7 +282,8 @@ class Running:
         keys are deleted (SCAN + DEL of that prefix only) in :meth:`stop`."""
         import redis
 
-        self.redis_prefix = f"sse-bench-{os.getpid()}-{self.port}"
+        # A caller may hand a prefix over from a server it replaces (a deploy).
+        self.redis_prefix = self.env.get("SSE_REDIS_PREFIX_REUSE") or f"sse-bench-{os.getpid()}-{self.port}"
         self.env["SSE_REDIS_URL"] = REDIS_URL
         self.env["SSE_REDIS_PREFIX"] = self.redis_prefix
         client = redis.Redis.from_url(REDIS_URL)
