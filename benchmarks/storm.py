@@ -88,6 +88,7 @@ class StormClient(asyncio.Protocol):
 
     def _finish(self, error: str | None) -> None:
         if error is not None:
+            error = re.sub(r"'[^']*'", "'…'", error)  # one line per kind, not per client id
             self.storm.errors[error] = self.storm.errors.get(error, 0) + 1
             if self.transport is not None:
                 self.transport.close()
