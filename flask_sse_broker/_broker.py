@@ -212,11 +212,17 @@ class SSEBroker:
         last_event_id: str | None = None,
         metadata: dict[str, t.Any] | None = None,
         token: str | None = None,
+        new_client: bool = False,
     ) -> SSEConnection:
         """Open a connection for ``client_id`` (a new random id when ``None``),
         subscribe it to ``topics`` and prepare its first frames: ``retry:``,
         ``event: connected``, ``event: reset`` if the cursor is too old, then
         the events missed since ``last_event_id``.
+
+        ``new_client=True`` says the caller minted ``client_id`` just now (the
+        connect route does for a request without a token), so no process can
+        remember it and the backend is not asked: a reconnect storm of new
+        clients costs no lookup each.
 
         :raises BrokerUnavailable: shutting down.
         :raises TooManyConnections: at ``max_connections``.
@@ -225,16 +231,20 @@ class SSEBroker:
         topic_set = self.validate_topics(topics)
         if last_event_id is not None:
             self.validate_event_id(last_event_id)
-        client_id = new_client_id() if client_id is None else validate_client_id(client_id)
+        if client_id is None:
+            client_id, new_client = new_client_id(), True
+        else:
+            validate_client_id(client_id)
         self._ensure_started()
         hub = self._hub
         remembered = hub.remembered(client_id)
         if remembered is None:
-            remembered = self.backend.recall(client_id) or frozenset()
+            remembered = frozenset() if new_client else self.backend.recall(client_id) or frozenset()
         conn, first = hub.open(client_id, topic_set, metadata, remembered, new_wake(self.batched_wakeups))
         # The connection is registered, so live events already queue for it;
         # the replay below covers everything before, and duplicates are skipped.
         try:
+            self.backend.prepare(conn.client, new_client=new_client)
             replay = self.backend.replay(last_event_id)
         except Exception:
             conn.close()
@@ -406,6 +416,7 @@ class SSEBroker:
         and whether the broker started its background work."""
         state = self._hub.debug_state(conn)
         state["started"] = self._started
+        state["backend"] = self.backend.debug_state()
         return state
 
 

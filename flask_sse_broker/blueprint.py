@@ -65,7 +65,8 @@ def create_blueprint(
             raise BrokerUnavailable("the server is shutting down", retry_after=5)
         topics = _requests.query_topics(broker)
         cursor = _requests.last_event_id()
-        client_id = _requests.client_id_for(broker, request.args.get("token")) or new_client_id()
+        known = _requests.client_id_for(broker, request.args.get("token"))
+        client_id = known or new_client_id()
         _requests.authorize(broker, topics)
         conn = broker.open_stream(
             client_id,
@@ -73,6 +74,8 @@ def create_blueprint(
             last_event_id=cursor,
             metadata={"remote_addr": request.remote_addr},
             token=make_token(client_id),
+            # A client without a token or an identity is new: nobody remembers it.
+            new_client=known is None,
         )
         conn._peer = _requests.stream_socket()
         limit_write_stall(conn._peer, broker.config.write_timeout)

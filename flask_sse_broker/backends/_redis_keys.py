@@ -6,8 +6,13 @@ and the codec of the messages on the bus. Every name is built here.
     entry ids are the event ids, so every process assigns ids from one sequence.
 ``<prefix>:last``
     The newest event id (the stream may be trimmed to nothing).
-``<prefix>:bus``
-    The pub/sub channel: events (``E ...``) and control messages (``C {json}``).
+``<prefix>:all``, ``<prefix>:t:<topic>``, ``<prefix>:c:<client id>``
+    The pub/sub channels: broadcasts, one per topic, one per client id (its
+    direct sends and the control messages about it: ``C {json}``). A process
+    subscribes to a topic's channel while a local connection holds the topic,
+    and to a client's while the client is connected here, so Redis sends it
+    only what it has recipients for. Control messages about a client that is
+    not known to be live anywhere go to ``<prefix>:all``.
 ``<prefix>:node:<node id>``
     Presence: a hash of the client ids connected to one process, each with its
     topics, expiring unless the process refreshes it. ``<prefix>:nodes`` is a
@@ -43,14 +48,30 @@ return id
 class RedisKeys:
     """The names under one prefix."""
 
-    __slots__ = ("channel", "last", "nodes", "prefix", "stream")
+    __slots__ = ("all", "last", "nodes", "prefix", "stream")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.stream = f"{prefix}:stream"
         self.last = f"{prefix}:last"
-        self.channel = f"{prefix}:bus"
+        self.all = f"{prefix}:all"
         self.nodes = f"{prefix}:nodes"
+
+    def topic(self, topic: str) -> str:
+        """The channel of one topic's events."""
+        return f"{self.prefix}:t:{topic}"
+
+    def client(self, client_id: str) -> str:
+        """The channel of one client id's sends and control messages."""
+        return f"{self.prefix}:c:{client_id}"
+
+    def channel(self, audience: Audience, target: str | None) -> str:
+        """The channel an event for ``audience`` / ``target`` is published on."""
+        if audience is Audience.TOPIC:
+            return self.topic(target or "")
+        if audience is Audience.CLIENT:
+            return self.client(target or "")
+        return self.all
 
     def node(self, node_id: str) -> str:
         """The presence hash of one process."""

@@ -158,6 +158,11 @@ class Backend:
         """
         raise NotImplementedError
 
+    def debug_state(self) -> dict[str, t.Any]:
+        """The backend's own state as plain data, for tests (part of the
+        broker's ``_debug_state()``); no I/O."""
+        return {}
+
     def is_valid_id(self, value: str) -> bool:
         """Whether ``value`` has the shape of an id this backend writes
         (``<int>-<int>`` by default). Cheap, no I/O."""
@@ -203,6 +208,18 @@ class Backend:
         :raises BrokerUnavailable: it cannot be looked up now (a 503).
         """
         return None
+
+    def prepare(self, client: SSEClient, *, new_client: bool = False) -> None:
+        """A connection of ``client`` is registered and its replay comes next.
+        A backend that routes events to the processes that need them makes
+        sure, before returning, that events for this client and its topics
+        reach this process from now on. Called by ``open_stream`` for every
+        connection, in its thread, without the lock; may block for a bounded
+        time. ``new_client``: the id was minted for this connection, so
+        nothing can have been sent to it yet.
+
+        :raises BrokerUnavailable: it cannot be made sure now (a 503).
+        """
 
     def client_opened(self, client: SSEClient) -> None:
         """A client id's first connection in this process is open (its replay

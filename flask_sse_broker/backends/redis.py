@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import threading
 import typing as t
 
 import redis
@@ -68,6 +69,10 @@ class RedisBackend(Backend):
     connect_timeout = 1.0
     #: Connections in the command pool; callers beyond it wait their turn.
     pool_size = 8
+    #: Seconds a command waits for a free connection of the pool. A storm of
+    #: reconnects queues here rather than failing; an operation still fails
+    #: fast when Redis itself is unreachable (a refused or timed-out connect).
+    pool_timeout = 20.0
     #: Seconds the listener waits for a message before looking at its clock
     #: (and at whether it should stop).
     poll_interval = 0.5
@@ -90,14 +95,17 @@ class RedisBackend(Backend):
     def _init_process(self) -> None:
         """State of one process: a forked child calls this again."""
         self.node = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
-        self._pool = self._make_pool(self.pool_size)
+        self._pool = self._make_pool(self.pool_size, self.pool_timeout)
         self._redis = redis.Redis(connection_pool=self._pool)
         #: The pub/sub connection's own pool, so it never takes a command slot.
-        self._pubsub_pool = self._make_pool(1)
+        self._pubsub_pool = self._make_pool(1, self.socket_timeout + self.connect_timeout, protocol=2)
         self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
         self._presence = RedisPresence(self._redis, self._keys, self.node, self)
+        # The listener's own commands (catch-up, settles) never queue behind
+        # a storm of requests for the pool: one connection of its own.
+        self._listener_pool = self._make_pool(1, self.socket_timeout + self.connect_timeout)
         self._listener = RedisListener(
-            self._redis,
+            redis.Redis(connection_pool=self._listener_pool),
             self._pubsub_pool,
             self._keys,
             self,
@@ -108,12 +116,18 @@ class RedisBackend(Backend):
         )
         if hasattr(self, "hub"):
             self._presence.hub = self.hub
+        #: Topics and client ids whose channel this process holds, and what
+        #: serialises changing them (taken before the hub's lock, never inside).
+        self._routed_topics: set[str] = set()
+        self._routed_clients: set[str] = set()
+        self._route_lock = threading.Lock()
 
-    def _make_pool(self, size: int) -> redis.BlockingConnectionPool:
+    def _make_pool(self, size: int, wait: float, **options: t.Any) -> redis.BlockingConnectionPool:
         return redis.BlockingConnectionPool.from_url(
             self.url,
             max_connections=size,
-            timeout=self.socket_timeout + self.connect_timeout,
+            timeout=wait,
+            **options,
             socket_timeout=self.socket_timeout,
             socket_connect_timeout=self.connect_timeout,
             # A timed-out publish may have run: never retry it blindly.
@@ -134,13 +148,16 @@ class RedisBackend(Backend):
 
     def close(self) -> None:
         self._listener.stop()
+        self._presence.stop()
         if self._listener.ready.is_set() or self._presence.has_pending:
             self._presence.forget_process()
         self._pool.disconnect()
+        self._listener_pool.disconnect()
         self._pubsub_pool.disconnect()
 
     def reset_after_fork(self) -> None:
         # The parent's sockets and listener thread are not this process's.
+        self._listener.channels.close()
         self._init_process()
 
     # -- history -------------------------------------------------------------
@@ -160,7 +177,7 @@ class RedisBackend(Backend):
         try:
             self._publish_script(
                 keys=[self._keys.stream, self._keys.last],
-                args=[self._keys.channel, maxlen, audience.value, target or "", body, how],
+                args=[self._keys.channel(audience, target), maxlen, audience.value, target or "", body, how],
             )
         except redis.RedisError as e:
             raise _error("publishing the event failed", e) from e
@@ -182,6 +199,12 @@ class RedisBackend(Backend):
         # live; wait until that start is known, so replay covers the rest.
         if self._listener.running:
             self._listener.wait_ready()
+            if cursor is None:
+                # A new client starts where the listener is: no round trip, so
+                # a storm of new clients costs Redis nothing here.
+                position = self._listener.position()
+                if position is not None:
+                    return Replay(cursor=position)
         try:
             with self._redis.pipeline(transaction=True) as pipe:
                 pipe.get(self._keys.last)
@@ -231,32 +254,108 @@ class RedisBackend(Backend):
         hub = self.hub
         local = hub.is_connected(client_id)
         current = hub.topics_of(client_id, sessions=True)
+        live_elsewhere = False
         if current is None:
-            current = self._presence.cluster_topics(client_id)
-            if current is None:
+            found = self._presence.cluster_topics(client_id)
+            if found is None:
                 raise ClientNotFound(client_id)
+            current, live_elsewhere = found
         updated = current | frozenset(topics) if op == "subscribe" else current - frozenset(topics)
         hub.check_topic_count(updated)
-        self._publish_control(op, client_id, topics)
+        # Every process holding the client live holds its channel; a client
+        # live nowhere may still be remembered by some process: tell them all.
+        self._publish_control(op, client_id, topics, to_all=not (local or live_elsewhere))
         try:
             change = hub.subscribe if op == "subscribe" else hub.unsubscribe
             now = change(client_id, topics)
         except ClientNotFound:
             now = updated
+        # A client here gets the events published once this returns.
+        self._wait_live(self._route(client_id, topics))
         self._presence.update_session(client_id, now)
         if local:
             self._presence.write(client_id)
         return now
 
     def disconnect(self, client_id: str) -> int:
-        self._publish_control("disconnect", client_id)
+        # Every process: the ones holding it, and the ones remembering it.
+        self._publish_control("disconnect", client_id, to_all=True)
         return self.hub.disconnect(client_id)
 
-    def _publish_control(self, op: str, client_id: str, topics: t.Collection[str] = ()) -> None:
+    def _publish_control(
+        self, op: str, client_id: str, topics: t.Collection[str] = (), *, to_all: bool = False
+    ) -> None:
+        channel = self._keys.all if to_all else self._keys.client(client_id)
         try:
-            self._redis.publish(self._keys.channel, encode_control(op, client_id, topics, self.node))
+            self._redis.publish(channel, encode_control(op, client_id, topics, self.node))
         except redis.RedisError as e:
             raise _error(f"{op} of client {client_id!r} failed", e) from e
+
+    def debug_state(self) -> dict[str, t.Any]:
+        """The channels held and how many messages the listener received."""
+        channels = self._listener.channels
+        return {
+            "channels": sorted(c.decode() for c in channels.wanted()),
+            "received": channels.received,
+            "position": self._listener.position(),
+        }
+
+    # -- routing ---------------------------------------------------------------
+
+    def prepare(self, client: SSEClient, *, new_client: bool = False) -> None:
+        """Hold the channels of ``client`` and its topics, and wait until they
+        are live, so the stream's starting id (read next, in :meth:`replay`)
+        is one after which nothing for it can be missed. Usually nothing to
+        wait for: a topic another local client holds is live already.
+
+        :raises BrokerUnavailable: Redis did not confirm in time.
+        """
+        self._wait_live(self._route(client.id, client.topics, new_client=new_client))
+
+    def _wait_live(self, waits: list[threading.Event]) -> None:
+        """Wait until the channels went live (if the listener runs).
+
+        :raises BrokerUnavailable: Redis did not confirm in time.
+        """
+        if not waits or not self._listener.running:
+            return
+        limit = self.socket_timeout + self.connect_timeout
+        for event in waits:
+            if not event.wait(limit):
+                raise BrokerUnavailable("Redis did not confirm a subscription in time", retry_after=5)
+
+    def _route(
+        self, client_id: str, topics: t.Iterable[str] = (), *, new_client: bool = False
+    ) -> list[threading.Event]:
+        """Make the channels of ``client_id`` and ``topics`` match the hub now:
+        held while the client is connected here / a local connection holds
+        the topic. Returns what to wait for before a stream may start."""
+        hub = self.hub
+        keys = self._keys
+        with self._route_lock:
+            drop: list[bytes] = []
+            here = hub.is_connected(client_id)
+            if here:
+                self._routed_clients.add(client_id)
+            elif client_id in self._routed_clients:
+                self._routed_clients.discard(client_id)
+                drop.append(keys.client(client_id).encode())
+            for topic in topics:
+                if hub.recipient_count(Audience.TOPIC, topic) > 0:
+                    self._routed_topics.add(topic)
+                elif topic in self._routed_topics:
+                    self._routed_topics.discard(topic)
+                    drop.append(keys.topic(topic).encode())
+            channels = self._listener.channels
+            if drop:
+                channels.drop(drop)
+            if not here:
+                return []
+            # Also wait for channels another request asked for and that are
+            # not live yet: this stream needs them as much.
+            own = keys.client(client_id).encode()
+            needed = [own] + [keys.topic(topic).encode() for topic in topics if topic in self._routed_topics]
+            return channels.want(needed, unheard=(own,) if new_client else ())
 
     def _apply_control(self, message: dict[str, t.Any]) -> None:
         """A control message from another process (the listener thread)."""
@@ -268,8 +367,10 @@ class RedisBackend(Backend):
         try:
             if op == "subscribe":
                 hub.subscribe(client_id, message["topics"])
+                self._route(client_id, message["topics"])
             elif op == "unsubscribe":
                 hub.unsubscribe(client_id, message["topics"])
+                self._route(client_id, message["topics"])
             elif op == "disconnect":
                 hub.disconnect(client_id)
                 return
@@ -278,7 +379,7 @@ class RedisBackend(Backend):
         except TooManyTopics as e:
             logger.warning("subscribe of client %r refused here: %s", client_id, e)
             return
-        self._presence.write(client_id)
+        self._presence.changed(client_id)
 
     # -- presence ------------------------------------------------------------
 
@@ -286,13 +387,15 @@ class RedisBackend(Backend):
         self._presence.client_opened(client)
 
     def client_closed(self, client: SSEClient) -> None:
+        self._route(client.id, client.topics)
         self._presence.client_closed(client)
 
     def recall(self, client_id: str) -> frozenset[str] | None:
         try:
-            return self._presence.cluster_topics(client_id)
+            found = self._presence.cluster_topics(client_id)
         except BackendError as e:
             raise BrokerUnavailable(str(e), retry_after=5) from e.__cause__
+        return found[0] if found is not None else None
 
     def is_connected(self, client_id: str) -> bool:
         return self._presence.is_connected(client_id)
