@@ -156,6 +156,13 @@ IMPLS: dict[str, Impl] = {
         needs=("redis",),
         extra={"redis": True},
     ),
+    "ours-redis-head": Impl(
+        "ours-redis-head",
+        f"flask-sse-broker + Redis backend at git {BASE_REV} (before)",
+        "/_sse/connect?topics={topic}",
+        needs=("redis",),
+        extra={"redis": True, "package_from": BASE_REV},
+    ),
     "ours-redis-w2": Impl(
         "ours-redis-w2",
         "flask-sse-broker + Redis backend (2 workers)",
