@@ -89,6 +89,9 @@ class Channels:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        #: While not ``None``, messages are kept here instead of handled (see
+        #: :meth:`hold`).
+        self._held: list[bytes] | None = None
         #: Messages received (a counter for tests and stats).
         self.received = 0
 
@@ -220,7 +223,10 @@ class Channels:
         kind = reply[0]
         if kind in _MESSAGES:
             self.received += 1
-            self._on_message(reply[-1])
+            if self._held is not None:
+                self._held.append(reply[-1])
+            else:
+                self._on_message(reply[-1])
         elif kind in _SUBSCRIBED or kind in _UNSUBSCRIBED:
             channel = reply[1]
             with self._lock:
@@ -249,6 +255,16 @@ class Channels:
                 event = self._waiters.pop(channel, None)
                 if event is not None:
                     event.set()
+
+    def hold(self) -> None:
+        """Keep messages instead of handling them, until :meth:`unhold` (the
+        listener thread, while it catches a new channel up from the stream)."""
+        self._held = []
+
+    def unhold(self) -> list[bytes]:
+        """Stop holding; return the messages held, in arrival order."""
+        held, self._held = self._held or [], None
+        return held
 
     def _drain_wake(self) -> None:
         try:

@@ -251,6 +251,40 @@ class RedisListener:
             except (ValueError, KeyError, TypeError) as e:
                 logger.warning("ignored a malformed message from Redis: %r (%s)", data[:200], e)
 
+    def sync(self, waits: list[threading.Event]) -> None:
+        """Make channels that a control message asked for complete (the
+        listener thread only): wait until they are live, holding back the
+        messages that arrive meanwhile, deliver from the stream everything
+        after the last delivered id (the new channels' events included, in id
+        order), then the held messages (what the stream delivered is skipped).
+
+        So a topic subscribed for a client from another process gets every
+        event published after that ``subscribe`` returned, in order.
+
+        :raises redis.TimeoutError: Redis did not confirm in time.
+        """
+        if all(event.is_set() for event in waits):
+            return
+        tunables = self._tunables
+        deadline = time.monotonic() + tunables.socket_timeout + tunables.connect_timeout
+        self.channels.hold()
+        try:
+            while not all(event.is_set() for event in waits):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise redis.TimeoutError("no subscription confirmation from Redis")
+                self.channels.read(left)
+            assert self._delivered is not None
+            entries = self._redis.xrange(
+                self._keys.stream, min="(" + format_event_id(self._delivered), max="+"
+            )
+        finally:
+            held = self.channels.unhold()
+        for entry_id, fields in entries:
+            self._deliver(entry_envelope(entry_id, fields))
+        for data in held:
+            self._handle(data)
+
     def _deliver(self, envelope: Envelope) -> None:
         seq = envelope.seq
         assert self._delivered is not None

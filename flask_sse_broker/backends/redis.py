@@ -367,7 +367,7 @@ class RedisBackend(Backend):
         try:
             if op == "subscribe":
                 hub.subscribe(client_id, message["topics"])
-                self._route(client_id, message["topics"])
+                self._listener.sync(self._route(client_id, message["topics"]))
             elif op == "unsubscribe":
                 hub.unsubscribe(client_id, message["topics"])
                 self._route(client_id, message["topics"])
