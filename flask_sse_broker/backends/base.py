@@ -29,7 +29,9 @@ every process that may hold a recipient, in id order.
 
 **backplane** - :meth:`~Backend.subscribe`, :meth:`~Backend.unsubscribe`,
 :meth:`~Backend.disconnect`: a change to a client id applied wherever the client
-lives. The defaults apply it to this process's hub.
+lives. The defaults apply it to this process's hub. :meth:`~Backend.prepare`
+lets a backend that routes events to the processes needing them make a new
+connection's events reach this process before its starting id is read.
 
 **presence** - :meth:`~Backend.client_count`, :meth:`~Backend.clients_by_topic`,
 :meth:`~Backend.is_connected`, :meth:`~Backend.recall`, and the hooks
@@ -37,7 +39,8 @@ lives. The defaults apply it to this process's hub.
 calls after its lock. The defaults answer for this process.
 
 **lifecycle** - :meth:`~Backend.bind`, :meth:`~Backend.start`,
-:meth:`~Backend.close`, :meth:`~Backend.reset_after_fork`.
+:meth:`~Backend.close`, :meth:`~Backend.reset_after_fork`; and
+:meth:`~Backend.debug_state` for tests.
 
 Unless said otherwise a method is called from any request thread (or
 greenlet), without the hub's lock, and may block on I/O for a bounded time
