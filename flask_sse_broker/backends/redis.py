@@ -2,17 +2,20 @@
 
 Selected by ``SSEConfig(redis_url=...)`` (``SSE_REDIS_URL``). The keys it
 writes are listed in ``_redis_keys.py``: a capped Redis Stream holds the
-history, and one pub/sub channel carries every event (``PUBLISH``\\ ed by the
-same Lua script that ``XADD``\\ s it, so channel order is id order) and the
-control messages (subscribe, unsubscribe, disconnect of a client id).
+history, and each event is ``PUBLISH``\\ ed on the channel of its audience
+(broadcast, topic or client id) by the same Lua script that ``XADD``\\ s it,
+so messages reach every connection in id order. Control messages (subscribe,
+unsubscribe, disconnect of a client id) travel on the client's channel.
 
 Each process holds one pub/sub connection, read by one listener thread (a
 greenlet under gevent; ``_redis_listener.py``), whatever the number of
-clients it serves, and a small blocking pool for commands. Data flows one way:
-``publish`` runs the script, and the listener of every process - the
-publisher's own included - hands the event to its hub, so all processes
-deliver all events in the same order. Presence and sessions
-(``_redis_presence.py``) let any process answer for the cluster.
+clients it serves, subscribed only to the channels it has local recipients
+for (``_redis_channels.py``), and a small blocking pool for commands. Data
+flows one way: ``publish`` runs the script, and the listener of every process
+that needs the event - the publisher's own included - hands it to its hub, so
+all processes deliver in the same order. Presence and sessions
+(``_redis_presence.py``, written in batches) let any process answer for the
+cluster.
 """
 
 from __future__ import annotations
