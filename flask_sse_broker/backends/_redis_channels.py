@@ -30,6 +30,7 @@ import os
 import select
 import threading
 import typing as t
+import weakref
 
 import redis
 
@@ -89,6 +90,8 @@ class Channels:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        # Closed with the object (a backend may be started again after close()).
+        self._finalizer = weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
         #: While not ``None``, messages are kept here instead of handled (see
         #: :meth:`hold`).
         self._held: list[bytes] | None = None
@@ -281,9 +284,7 @@ class Channels:
 
     def close(self) -> None:
         """Release the wake-up pipe (the object is not used afterwards)."""
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        self._finalizer()
 
     def disconnect(self) -> None:
         """Forget the connection (lost, or closing); nothing is live."""
@@ -295,3 +296,9 @@ class Channels:
         if conn is not None:
             conn.disconnect()
             self._pool.release(conn)
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
