@@ -9,6 +9,7 @@ thousand of them open at once from one test process.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import re
 import typing as t
@@ -21,6 +22,7 @@ from .support import Server
 pytestmark = requires_redis
 
 STORM_APP = "tests.storm_app:create_app()"
+T = t.TypeVar("T")
 _CONNECTED = re.compile(rb"event: connected\r?\ndata: (\{.*?\})\r?\n")
 
 
@@ -93,6 +95,13 @@ async def _storm(port: int, paths: list[str], in_flight: int = 500, timeout: flo
     return clients
 
 
+def _run(coro: t.Coroutine[t.Any, t.Any, T]) -> T:
+    """Run a coroutine on a loop of its own, in a thread: the browser tests
+    leave Playwright's loop running in this one."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result(timeout=300)
+
+
 def _statuses(clients: list[_Client]) -> dict[t.Any, int]:
     """Status -> how many; a refusal counted under its status and message."""
     out: dict[t.Any, int] = {}
@@ -137,7 +146,7 @@ def test_a_storm_of_new_clients_on_a_small_pool_is_all_answered_200(prefix: str)
             finally:
                 _close(clients)
 
-        assert asyncio.run(run()) == {200: 2000}
+        assert _run(run()) == {200: 2000}
 
 
 def test_a_storm_of_resuming_clients_is_all_answered_200_and_misses_nothing(prefix: str) -> None:
@@ -164,6 +173,6 @@ def test_a_storm_of_resuming_clients_is_all_answered_200_and_misses_nothing(pref
             finally:
                 _close(second)
 
-        statuses, replayed = asyncio.run(run())
+        statuses, replayed = _run(run())
         assert statuses == {200: 1000}
         assert set(replayed) == {3}
