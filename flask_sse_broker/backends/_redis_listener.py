@@ -76,6 +76,8 @@ class RedisListener:
         self._delivered: Seq | None = None
         #: Subscribed and caught up now (cleared while reconnecting).
         self.connected = False
+        #: The last attempt to reach Redis failed (set until one succeeds).
+        self.failing = False
         #: The pub/sub connection and its channels; the broadcast channel always.
         self.channels = Channels(pubsub_pool, self._handle, self._head)
         self.channels.want([keys.all.encode()])
@@ -138,6 +140,7 @@ class RedisListener:
                 self._run()
             except (redis.RedisError, OSError) as e:
                 self.connected = False
+                self.failing = True
                 if self._stop.is_set():
                     break
                 failures += 1
@@ -177,6 +180,7 @@ class RedisListener:
             self.channels.read(left)
         self._catch_up(first)
         self.connected = True
+        self.failing = False
         self.ready.set()
         self._on_tick()
 

@@ -24,6 +24,7 @@ import os
 import random
 import socket
 import threading
+import time
 import typing as t
 
 import redis
@@ -316,16 +317,25 @@ class RedisBackend(Backend):
         self._wait_live(self._route(client.id, client.topics, new_client=new_client))
 
     def _wait_live(self, waits: list[threading.Event]) -> None:
-        """Wait until the channels went live (if the listener runs).
+        """Wait until the channels went live (if the listener runs). A busy
+        process (a storm) may take seconds to read the confirmations: wait as
+        long as for a pool connection, but give up at once when the listener
+        has lost Redis.
 
-        :raises BrokerUnavailable: Redis did not confirm in time.
+        :raises BrokerUnavailable: Redis is unreachable, or did not confirm
+            within ``pool_timeout``.
         """
         if not waits or not self._listener.running:
             return
-        limit = self.socket_timeout + self.connect_timeout
+        deadline = time.monotonic() + self.pool_timeout
         for event in waits:
-            if not event.wait(limit):
-                raise BrokerUnavailable("Redis did not confirm a subscription in time", retry_after=5)
+            while not event.wait(0.25):
+                if self._listener.failing:
+                    raise BrokerUnavailable(
+                        "Redis is unreachable (the listener is reconnecting)", retry_after=5
+                    )
+                if time.monotonic() > deadline:
+                    raise BrokerUnavailable("Redis did not confirm a subscription in time", retry_after=5)
 
     def _route(
         self, client_id: str, topics: t.Iterable[str] = (), *, new_client: bool = False
