@@ -26,6 +26,7 @@ from .redis_support import (
     new_prefix,
     requires_redis,
 )
+from .support import wait_for
 
 pytestmark = requires_redis
 
@@ -190,3 +191,48 @@ def test_a_client_resuming_on_another_process_gets_its_topic_events_from_the_sha
     assert [e.json() for e in b.take(5)] == [1, 2, 3, 4, 5]
     first.broadcast_to_topic("x", 6)
     assert b.next().json() == 6
+
+
+def patterns(broker: SSEBroker) -> list[str]:
+    return list(broker._debug_state()["backend"]["patterns"])
+
+
+def test_a_process_holding_only_a_pattern_receives_a_matching_event_from_another_process(
+    cluster: Cluster,
+) -> None:
+    holder, publisher = cluster.broker(), cluster.broker()
+    reader = ConnectionReader(holder.open_stream(topics=["rp/*"]))
+    reader.connected()
+    assert patterns(holder) == [f"{cluster.prefix}:t:rp/*"]
+    publisher.broadcast_to_topic("rp/1", "hello")
+    assert reader.next().json() == "hello"
+
+
+def test_a_process_holding_a_topic_and_a_matching_pattern_delivers_the_event_once(cluster: Cluster) -> None:
+    holder, publisher = cluster.broker(), cluster.broker()
+    by_topic = ConnectionReader(holder.open_stream(topics=["rp/1"]))
+    by_pattern = ConnectionReader(holder.open_stream(topics=["rp/*"]))
+    by_topic.connected()
+    by_pattern.connected()
+    before = received(holder)
+    publisher.broadcast_to_topic("rp/1", "one")
+    publisher.broadcast_to_topic("rp/1", "two")
+    for reader in (by_topic, by_pattern):
+        assert [e.json() for e in reader.take(2)] == ["one", "two"]
+    # Redis sent each event twice (message and pmessage); the listener
+    # delivered it once, else each stream would have read "one" twice.
+    wait_for(lambda: received(holder) - before == 4, 10, what="both copies of both events")
+
+
+def test_a_pattern_is_unsubscribed_when_its_last_local_holder_leaves(cluster: Cluster) -> None:
+    holder = cluster.broker()
+    keeper = ConnectionReader(holder.open_stream(topics=["keep"]))
+    first = ConnectionReader(holder.open_stream(topics=["rp/**"]))
+    second = ConnectionReader(holder.open_stream(topics=["rp/**"]))
+    for reader in (keeper, first, second):
+        reader.connected()
+    first.close()
+    assert first.wait_ended()
+    assert patterns(holder) == [f"{cluster.prefix}:t:rp/*"]
+    second.close()
+    wait_for(lambda: patterns(holder) == [], 10, what="the pattern to be unsubscribed")
