@@ -21,7 +21,7 @@ from .support import Server
 
 pytestmark = requires_redis
 
-STORM_APP = "tests.storm_app:create_app()"
+STORM_APP = "tests.apps.storm_app:create_app()"
 T = t.TypeVar("T")
 _CONNECTED = re.compile(rb"event: connected\r?\ndata: (\{.*?\})\r?\n")
 
