@@ -320,17 +320,18 @@ class RedisBackend(Backend):
         hub = self.hub
         local = hub.is_connected(client_id)
         current = hub.topics_of(client_id, sessions=True)
-        live_elsewhere = False
         if current is None:
             found = self._presence.cluster_topics(client_id)
             if found is None:
                 raise ClientNotFound(client_id)
-            current, live_elsewhere = found
+            current = found[0]
         updated = current | frozenset(topics) if op == "subscribe" else current - frozenset(topics)
         hub.check_topic_count(updated)
-        # Every process holding the client live holds its channel; a client
-        # live nowhere may still be remembered by some process: tell them all.
-        self._publish_control(op, client_id, topics, to_all=not (local or live_elsewhere))
+        # Every process: the ones holding the client live, and the ones that
+        # still remember an earlier session of it in memory (a reconnect there
+        # within session_ttl would otherwise get its old topics back).
+        # Subscriptions change far less often than events are published.
+        self._publish_control(op, client_id, topics, to_all=True)
         try:
             change = hub.subscribe if op == "subscribe" else hub.unsubscribe
             now = change(client_id, topics)
