@@ -10,9 +10,6 @@ published before it has reached it (one order on one Redis).
 
 from __future__ import annotations
 
-import typing as t
-
-import pytest
 import redis
 
 from flask_sse_broker import SSEBroker
@@ -22,22 +19,11 @@ from .redis_support import (
     Cluster,
     ConnectionReader,
     connections_named,
-    delete_prefix,
-    new_prefix,
     requires_redis,
 )
 from .support import wait_for
 
 pytestmark = requires_redis
-
-
-@pytest.fixture
-def cluster() -> t.Iterator[Cluster]:
-    prefix = new_prefix()
-    c = Cluster(SHARED_URL, prefix)
-    yield c
-    c.close()
-    delete_prefix(SHARED_URL, prefix)
 
 
 def received(broker: SSEBroker) -> int:
@@ -236,3 +222,24 @@ def test_a_pattern_is_unsubscribed_when_its_last_local_holder_leaves(cluster: Cl
     assert patterns(holder) == [f"{cluster.prefix}:t:rp/*"]
     second.close()
     wait_for(lambda: patterns(holder) == [], 10, what="the pattern to be unsubscribed")
+
+
+def test_an_unsubscribe_reaches_a_process_that_remembers_an_older_session(cluster: Cluster) -> None:
+    # B remembers alice's topics in memory after her stream there ends; she
+    # then lives on A, where "b" is taken from her. Back on B within the
+    # session's lifetime, she must not get "b" back from B's memory.
+    a, b = cluster.broker(), cluster.broker()
+    first = ConnectionReader(b.open_stream("alice", topics=["a", "b"]))
+    assert sorted(first.connected()["topics"]) == ["a", "b"]
+    first.close()
+    assert first.wait_ended()
+    wait_for(lambda: not b.is_connected("alice"), 10, what="alice gone from B")
+    second = ConnectionReader(a.open_stream("alice"))
+    assert sorted(second.connected()["topics"]) == ["a", "b"]
+    assert a.unsubscribe("alice", "b") == frozenset({"a"})
+    second.close()
+    assert second.wait_ended()
+    wait_for(lambda: not a.is_connected("alice"), 10, what="alice gone from A")
+    third = ConnectionReader(b.open_stream("alice"))
+    assert third.connected()["topics"] == ["a"]
+
