@@ -163,6 +163,13 @@ IMPLS: dict[str, Impl] = {
         needs=("redis",),
         extra={"redis": True},
     ),
+    "ours-redis-head": Impl(
+        "ours-redis-head",
+        f"flask-sse-broker + Redis backend at git {BASE_REV} (before)",
+        "/_sse/connect?topics={topic}",
+        needs=("redis",),
+        extra={"redis": True, "package_from": BASE_REV},
+    ),
     "ours-redis-w2": Impl(
         "ours-redis-w2",
         "flask-sse-broker + Redis backend (2 workers)",
@@ -289,7 +296,8 @@ class Running:
         keys are deleted (SCAN + DEL of that prefix only) in :meth:`stop`."""
         import redis
 
-        self.redis_prefix = f"sse-bench-{os.getpid()}-{self.port}"
+        # A caller may hand a prefix over from a server it replaces (a deploy).
+        self.redis_prefix = self.env.get("SSE_REDIS_PREFIX_REUSE") or f"sse-bench-{os.getpid()}-{self.port}"
         self.env["SSE_REDIS_URL"] = REDIS_URL
         self.env["SSE_REDIS_PREFIX"] = self.redis_prefix
         client = redis.Redis.from_url(REDIS_URL)

@@ -217,6 +217,7 @@ class SSEBroker:
         token: str | None = None,
         reset: bool = False,
         shared: bool = False,
+        new_client: bool = False,
     ) -> SSEConnection:
         """Open a connection for ``client_id`` (a new random id when ``None``),
         subscribe it to ``topics`` and prepare its first frames: ``retry:``,
@@ -225,9 +226,12 @@ class SSEBroker:
 
         ``reset`` sends ``event: reset`` even without a cursor (the client had
         one the server cannot honour, e.g. it came with a stale token).
-        ``shared`` makes a stream for a browser's SharedWorker, which hands
-        each event only to the tabs it is for: every event's data starts with
-        a line naming its topic (see :func:`~flask_sse_broker._wire.shared_frame`).
+        ``shared`` makes a stream for a browser's SharedWorker, which hands each
+        event only to the tabs it is for: every event's data starts with a line
+        naming its topic (see :func:`~flask_sse_broker._wire.shared_frame`).
+        ``new_client=True``: the caller minted ``client_id`` just now, so no
+        process remembers it and the backend is not asked (a storm of new
+        clients costs no lookup each).
 
         :raises BrokerUnavailable: shutting down.
         :raises TooManyConnections: at ``max_connections``.
@@ -236,17 +240,21 @@ class SSEBroker:
         topic_set = self.validate_topics(topics)
         if last_event_id is not None:
             self.validate_event_id(last_event_id)
-        client_id = new_client_id() if client_id is None else validate_client_id(client_id)
+        if client_id is None:
+            client_id, new_client = new_client_id(), True
+        else:
+            validate_client_id(client_id)
         self._ensure_started()
         hub = self._hub
         remembered = hub.remembered(client_id)
         if remembered is None:
-            remembered = self.backend.recall(client_id) or frozenset()
+            remembered = frozenset() if new_client else self.backend.recall(client_id) or frozenset()
         conn, first = hub.open(client_id, topic_set, metadata, remembered, new_wake(self.batched_wakeups))
         conn._shared = shared
         # The connection is registered, so live events already queue for it;
         # the replay below covers everything before, and duplicates are skipped.
         try:
+            self.backend.prepare(conn.client, new_client=new_client)
             replay = self.backend.replay(last_event_id)
         except Exception:
             conn.close()
@@ -473,10 +481,10 @@ class SSEBroker:
         return result
 
     def _debug_state(self, conn: SSEConnection | None = None) -> dict[str, t.Any]:
-        """The hub's registries as plain data, for tests (see ``Hub.debug_state``),
-        and whether the broker started its background work."""
+        """For tests: the hub's registries (``Hub.debug_state``), started, the backend's."""
         state = self._hub.debug_state(conn)
         state["started"] = self._started
+        state["backend"] = self.backend.debug_state()
         return state
 
 

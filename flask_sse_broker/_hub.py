@@ -13,9 +13,8 @@ locked section finds to do afterwards (tell a backend's presence that a client
 went away, run the ``on_disconnect`` hook, log an overflow) is queued and run
 by :meth:`Hub.run_after_lock` once the lock is released; every hub method that
 takes the lock itself runs it before returning, and whoever calls
-:meth:`Hub.deliver_locked` must call it after releasing the lock.
-
-There are no threads, sockets, backend or Flask in this module.
+:meth:`Hub.deliver_locked` must call it after releasing the lock. There are no
+threads, sockets, backend or Flask in this module.
 """
 
 from __future__ import annotations
@@ -96,9 +95,8 @@ class Hub:
             self.timing.clear()
 
     def start(self) -> None:
-        """Make the primitives a running broker waits on. Called when the
-        first stream opens: under gevent they must be the monkey-patched
-        kind, and patching may come after the hub was made."""
+        """Make the primitives a running broker waits on, when the first stream
+        opens (under gevent, monkey-patching may come after the hub was made)."""
         with self.lock:
             self.drained = threading.Event()
 
@@ -416,6 +414,11 @@ class Hub:
                 return len(self._topics.match(target or ""))
             client = self._clients.get(target or "")
             return len(client._connections) if client is not None else 0
+
+    def holds(self, subscription: str) -> bool:
+        """Whether a local connection holds ``subscription`` (topic or pattern) as written."""
+        with self.lock:
+            return bool(self._topics.holders(subscription))
 
     def beat(self, heartbeats: bool = True, now: float | None = None) -> None:
         """The heartbeat pass: queue a heartbeat on every idle connection

@@ -67,8 +67,8 @@ def create_blueprint(
             raise BrokerUnavailable("the server is shutting down", retry_after=5)
         topics = _requests.query_topics(broker)
         cursor = _requests.last_event_id()
-        client_id, stale = _requests.stream_client_id(broker, request.args.get("token"))
-        client_id = client_id or new_client_id()
+        known, stale = _requests.stream_client_id(broker, request.args.get("token"))
+        client_id = known or new_client_id()
         _requests.authorize(broker, topics)
         # A stale token makes a new client, whose cursor cannot bring back
         # what was sent to the old id: it starts afresh, told to reload.
@@ -83,6 +83,8 @@ def create_blueprint(
             token=make_token(client_id),
             reset=reset,
             shared=request.args.get("shared") == "1",
+            # A client without a token or an identity is new: nobody remembers it.
+            new_client=known is None,
         )
         conn._peer = _requests.stream_socket()
         limit_write_stall(conn._peer, broker.config.write_timeout)

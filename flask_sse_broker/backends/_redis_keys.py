@@ -6,9 +6,16 @@ and the codec of the messages on the bus. Every name is built here.
     entry ids are the event ids, so every process assigns ids from one sequence.
 ``<prefix>:last``
     The newest event id (the stream may be trimmed to nothing).
-``<prefix>:bus``
-    The pub/sub channel: events (``E ...``) and control messages (``C {json}``:
-    subscribe, unsubscribe, disconnect, revoke).
+``<prefix>:all``, ``<prefix>:t:<topic>``, ``<prefix>:c:<client id>``
+    The pub/sub channels: broadcasts, one per topic, one per client id (its
+    direct sends and the control messages about it: ``C {json}``: subscribe,
+    unsubscribe, disconnect, revoke). A process subscribes to a topic's channel
+    while a local connection holds the topic, to the channels matching a
+    pattern (``PSUBSCRIBE``, see :func:`topic_glob`) while one holds the
+    pattern, and to a client's while the client is connected here, so Redis
+    sends it only what it has recipients for (and, for patterns, a little
+    more). Control messages about a client that is not known to be live
+    anywhere, and revokes of a topic from every client, go to ``<prefix>:all``.
 ``<prefix>:node:<node id>``
     Presence: a hash of the client ids connected to one process, each with its
     topics, expiring unless the process refreshes it. ``<prefix>:nodes`` is a
@@ -26,6 +33,7 @@ from __future__ import annotations
 import json
 import typing as t
 
+from .._topics import REST, SEP, STAR
 from .._wire import Audience, Envelope, parse_event_id
 
 #: The cursor before the first event, returned by ``last_event_id`` while the
@@ -76,14 +84,30 @@ return changed
 class RedisKeys:
     """The names under one prefix."""
 
-    __slots__ = ("channel", "last", "nodes", "prefix", "stream")
+    __slots__ = ("all", "last", "nodes", "prefix", "stream")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.stream = f"{prefix}:stream"
         self.last = f"{prefix}:last"
-        self.channel = f"{prefix}:bus"
+        self.all = f"{prefix}:all"
         self.nodes = f"{prefix}:nodes"
+
+    def topic(self, topic: str) -> str:
+        """The channel of one topic's events."""
+        return f"{self.prefix}:t:{topic}"
+
+    def client(self, client_id: str) -> str:
+        """The channel of one client id's sends and control messages."""
+        return f"{self.prefix}:c:{client_id}"
+
+    def channel(self, audience: Audience, target: str | None) -> str:
+        """The channel an event for ``audience`` / ``target`` is published on."""
+        if audience is Audience.TOPIC:
+            return self.topic(target or "")
+        if audience is Audience.CLIENT:
+            return self.client(target or "")
+        return self.all
 
     def node(self, node_id: str) -> str:
         """The presence hash of one process."""
@@ -93,14 +117,29 @@ class RedisKeys:
         """The remembered topics of a client id."""
         return f"{self.prefix}:session:{client_id}"
 
+    def topic_glob(self, pattern: str) -> str:
+        """The ``PSUBSCRIBE`` glob of a topic pattern's channels: the literal
+        parts escaped, each ``*`` and a trailing ``**`` segment a glob ``*``.
+
+        A glob ``*`` also matches across ``/`` (``orders/*`` gets the channel
+        of ``orders/42/items`` too), so a process may receive a few events
+        that no local connection wants: the hub's topic index drops them.
+        """
+        segments = [STAR if part in (STAR, REST) else _glob_escape(part) for part in pattern.split(SEP)]
+        return f"{_glob_escape(self.prefix)}:t:{SEP.join(segments)}"
+
     def all_sessions(self) -> str:
         """A ``SCAN MATCH`` pattern of every session key (the prefix escaped)."""
-        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
-        return f"{escaped}:session:*"
+        return f"{_glob_escape(self.prefix)}:session:*"
 
     def published(self, idempotency_key: str) -> str:
         """The id a publish with this idempotency key was stored under."""
         return f"{self.prefix}:published:{idempotency_key}"
+
+
+def _glob_escape(literal: str) -> str:
+    """``literal`` with Redis's glob specials escaped."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in literal)
 
 
 def encode_control(op: str, client_id: str | None, topics: t.Collection[str], node: str) -> bytes:

@@ -1,6 +1,11 @@
 """The Redis listener: one pub/sub connection per process, read by one thread
 (a greenlet under gevent), with catch-up from the stream and reconnection.
 
+It holds only the channels the backend asks for (:attr:`RedisListener.channels`),
+plus the broadcast channel. Events reach it in id order across all of them:
+one script appends an event to the stream and publishes it, and Redis writes
+a connection's messages in the order the publishes ran.
+
 Each time it (re)subscribes, it first delivers what the stream holds after the
 last event it delivered, so a Redis blip loses nothing that Redis kept. If it
 was away so long that events it never delivered were trimmed, it asks for the
@@ -18,6 +23,7 @@ import redis
 
 from .._backoff import EqualJitterBackoff
 from .._wire import Envelope, Seq, format_event_id, parse_event_id
+from ._redis_channels import Channels
 from ._redis_keys import RedisKeys, decode_message, entry_envelope, text
 from .base import logger
 
@@ -68,10 +74,33 @@ class RedisListener:
         self._thread: threading.Thread | None = None
         #: The newest event delivered; only the listener thread writes it.
         self._delivered: Seq | None = None
+        #: Subscribed and caught up now (cleared while reconnecting).
+        self.connected = False
+        #: The last attempt to reach Redis failed (set until one succeeds).
+        self.failing = False
+        #: The pub/sub connection and its channels; the broadcast channel always.
+        self.channels = Channels(pubsub_pool, self._handle, self._head)
+        self.channels.want([keys.all.encode()])
 
     @property
     def running(self) -> bool:
         return self._thread is not None
+
+    def position(self) -> str | None:
+        """Where a new stream may start without asking Redis: the newest id
+        delivered here, while subscribed (``None`` otherwise).
+
+        Read after the stream's connection is registered, every event after
+        it reaches the connection live: events are delivered in id order, and
+        the listener is subscribed. An event delivered between the read and
+        the registration may reach the stream too; it is older than the
+        stream's first id, never a gap.
+        """
+        delivered = self._delivered
+        if not self.connected or delivered is None:
+            return None
+        # A channel that went live lately is complete only after its settle.
+        return format_event_id(max(delivered, self.channels.settled))
 
     def start(self) -> None:
         """Start the thread and wait (briefly) until it is subscribed."""
@@ -99,9 +128,8 @@ class RedisListener:
         failures = 0
         failing_since: float | None = None
         while not self._stop.is_set():
-            pubsub = None
             try:
-                pubsub = self._subscribe()
+                self._subscribe()
                 if failing_since is not None:
                     logger.warning(
                         "Redis listener reconnected after %.1fs; delivery resumes",
@@ -109,8 +137,10 @@ class RedisListener:
                     )
                     failing_since = None
                 failures = 0
-                self._run(pubsub)
+                self._run()
             except (redis.RedisError, OSError) as e:
+                self.connected = False
+                self.failing = True
                 if self._stop.is_set():
                     break
                 failures += 1
@@ -125,31 +155,34 @@ class RedisListener:
                 logger.exception("Redis listener failed; restarting it")
                 self._stop.wait(tunables.max_backoff)
             finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):  # closing a broken socket
-                        pubsub.reset()  # type: ignore[no-untyped-call]
+                self.connected = False
+                with contextlib.suppress(Exception):  # closing a broken socket
+                    self.channels.disconnect()
 
-    def _subscribe(self) -> redis.client.PubSub:
-        """Subscribe, then deliver what the stream holds that the channel did
+    def _head(self) -> Seq | None:
+        """The stream's newest id (``None`` before any event)."""
+        value = self._redis.get(self._keys.last)
+        return parse_event_id(value.decode()) if value else None
+
+    def _subscribe(self) -> None:
+        """Subscribe, then deliver what the stream holds that the channels did
         not carry to this process (everything after its last delivered id)."""
         first = self._delivered is None
         if first:
-            head = self._redis.get(self._keys.last)
-            self._delivered = parse_event_id(head.decode()) if head else (0, 0)
-        pubsub = redis.client.PubSub(self._pubsub_pool, ignore_subscribe_messages=False)
-        pubsub.subscribe(self._keys.channel)
+            self._delivered = self._head() or (0, 0)
+        self.channels.connect()
         tunables = self._tunables
         deadline = time.monotonic() + tunables.socket_timeout + tunables.connect_timeout
-        while True:
-            message = pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            if message is not None and message["type"] == "subscribe":
-                break
-            if time.monotonic() > deadline:
+        while self.channels.pending():
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise redis.TimeoutError("no subscription confirmation from Redis")
+            self.channels.read(left)
         self._catch_up(first)
+        self.connected = True
+        self.failing = False
         self.ready.set()
         self._on_tick()
-        return pubsub
 
     def _read_stream(self, first: bool) -> tuple[Seq | None, list[t.Any], t.Any]:
         """The stream's head, its entries after the last delivered one, and
@@ -193,28 +226,26 @@ class RedisListener:
         for entry_id, fields in entries:
             self._deliver(entry_envelope(entry_id, fields))
 
-    def _run(self, pubsub: redis.client.PubSub) -> None:
+    def _run(self) -> None:
         tunables = self._tunables
         last_seen = next_refresh = time.monotonic()
         while not self._stop.is_set():
-            message = pubsub.get_message(timeout=tunables.poll_interval)
+            got = self.channels.read(tunables.poll_interval)
             now = time.monotonic()
-            if message is not None:
+            if got:
                 last_seen = now
-                if message["type"] == "message":
-                    self._handle(message)
             if now >= next_refresh:
                 if now - last_seen > tunables.refresh_interval * 2 + tunables.socket_timeout:
                     raise redis.ConnectionError("Redis stopped answering the listener's pings")
-                pubsub.ping()
+                self.channels.ping()
                 self._on_tick()
                 next_refresh = now + tunables.refresh_interval
 
-    def _handle(self, message: dict[str, t.Any]) -> None:
+    def _handle(self, data: bytes) -> None:
         try:
-            decoded = decode_message(message["data"])
+            decoded = decode_message(data)
         except (ValueError, KeyError, TypeError) as e:
-            logger.warning("ignored a malformed message on %s: %r (%s)", self._keys.channel, message, e)
+            logger.warning("ignored a malformed message from Redis: %r (%s)", data[:200], e)
             return
         if isinstance(decoded, Envelope):
             self._deliver(decoded)
@@ -222,7 +253,41 @@ class RedisListener:
             try:
                 self._on_control(decoded)
             except (ValueError, KeyError, TypeError) as e:
-                logger.warning("ignored a malformed message on %s: %r (%s)", self._keys.channel, message, e)
+                logger.warning("ignored a malformed message from Redis: %r (%s)", data[:200], e)
+
+    def sync(self, waits: list[threading.Event]) -> None:
+        """Make channels that a control message asked for complete (the
+        listener thread only): wait until they are live, holding back the
+        messages that arrive meanwhile, deliver from the stream everything
+        after the last delivered id (the new channels' events included, in id
+        order), then the held messages (what the stream delivered is skipped).
+
+        So a topic subscribed for a client from another process gets every
+        event published after that ``subscribe`` returned, in order.
+
+        :raises redis.TimeoutError: Redis did not confirm in time.
+        """
+        if all(event.is_set() for event in waits):
+            return
+        tunables = self._tunables
+        deadline = time.monotonic() + tunables.socket_timeout + tunables.connect_timeout
+        self.channels.hold()
+        try:
+            while not all(event.is_set() for event in waits):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise redis.TimeoutError("no subscription confirmation from Redis")
+                self.channels.read(left)
+            assert self._delivered is not None
+            entries = self._redis.xrange(
+                self._keys.stream, min="(" + format_event_id(self._delivered), max="+"
+            )
+        finally:
+            held = self.channels.unhold()
+        for entry_id, fields in entries:
+            self._deliver(entry_envelope(entry_id, fields))
+        for data in held:
+            self._handle(data)
 
     def _deliver(self, envelope: Envelope) -> None:
         seq = envelope.seq

@@ -27,6 +27,39 @@ if t.TYPE_CHECKING:
 class _Tunables(t.Protocol):
     refresh_interval: float
     presence_lifetime: int
+    socket_timeout: float
+
+
+#: One round trip: the client's session (``''`` when none) and its entry in
+#: every other live process's hash (``KEYS[1]`` the process set, ``KEYS[2]`` the session;
+#: ``ARGV``: now, client id, the node-hash prefix, this process). It reads
+#: hashes it computes the names of, so it needs one Redis, not a Cluster.
+RECALL_SCRIPT = """
+local found = {redis.call('GET', KEYS[2]) or ''}
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
+  if node ~= ARGV[4] then
+    local topics = redis.call('HGET', ARGV[3] .. node, ARGV[2])
+    if topics then found[#found + 1] = topics end
+  end
+end
+return found
+"""
+
+
+class _Batch:
+    """Presence changes written together by the flusher, in one round trip."""
+
+    __slots__ = ("clients", "done", "forget", "remember")
+
+    def __init__(self) -> None:
+        #: Client ids whose entry must match the hub.
+        self.clients: set[str] = set()
+        #: Sessions to delete (the client is live again) ...
+        self.forget: set[str] = set()
+        #: ... and to write (its last connection here ended), with the topics.
+        self.remember: dict[str, frozenset[str]] = {}
+        #: Set once the batch is written (or failed to be).
+        self.done = threading.Event()
 
 
 class RedisPresence:
@@ -50,6 +83,13 @@ class RedisPresence:
         self._revoke_script = client.register_script(REVOKE_SCRIPT)
         #: Sessions of clients ended by shutdown, written in one go by :meth:`forget_process`.
         self._pending_sessions: list[tuple[str, frozenset[str]]] = []
+        self._recall_script = client.register_script(RECALL_SCRIPT)
+        #: Changes waiting for the flusher, and what guards the swap.
+        self._batch = _Batch()
+        self._batch_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     def _ttl_ms(self) -> int:
         return int(self._tunables.refresh_interval * self._tunables.presence_lifetime * 1000)
@@ -60,16 +100,102 @@ class RedisPresence:
     # -- the hub's hooks ------------------------------------------------------
 
     def client_opened(self, client: SSEClient) -> None:
-        self.write(client.id, forget_session=True)
+        """Announce the client, and wait (bounded) until Redis has it, so an
+        operation from another process finds it once its stream has started;
+        the write is shared with every client that opened meanwhile."""
+        done = self._enqueue(client.id, forget=True)
+        done.wait(self._tunables.socket_timeout)
 
     def client_closed(self, client: SSEClient) -> None:
         if self.hub.closing:
             # Shutdown ends every stream at once: write them all in forget_process().
             self._pending_sessions.append((client.id, client.topics))
             return
-        self.write(client.id)
-        if not self.hub.is_connected(client.id):
-            self.remember(client.id, client.topics)
+        gone = not self.hub.is_connected(client.id)
+        self._enqueue(client.id, remember=client.topics if gone else None)
+
+    def changed(self, client_id: str) -> None:
+        """The client's topics changed here: rewrite its entry soon."""
+        self._enqueue(client_id)
+
+    # -- batched writes -------------------------------------------------------
+
+    def _enqueue(
+        self, client_id: str, *, forget: bool = False, remember: frozenset[str] | None = None
+    ) -> threading.Event:
+        """Queue a presence change for the flusher; return when it is written."""
+        with self._batch_lock:
+            batch = self._batch
+            batch.clients.add(client_id)
+            if forget:
+                batch.forget.add(client_id)
+                batch.remember.pop(client_id, None)
+            if remember is not None:
+                batch.remember[client_id] = remember
+                batch.forget.discard(client_id)
+            if self._flusher is None:
+                self._stop.clear()
+                self._flusher = threading.Thread(
+                    target=self._flush_loop, name="sse-redis-presence", daemon=True
+                )
+                self._flusher.start()
+        self._wake.set()
+        return batch.done
+
+    def stop(self) -> None:
+        """Write what is queued and stop the flusher."""
+        self._stop.set()
+        self._wake.set()
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and flusher is not threading.current_thread():
+            flusher.join(2 * self._tunables.socket_timeout)
+
+    def _flush_loop(self) -> None:
+        """Write every batch as soon as the previous one is written: under a
+        storm, each round trip carries every change made while the last was
+        in flight (group commit); when quiet, a change is written at once."""
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            with self._batch_lock:
+                batch, self._batch = self._batch, _Batch()
+            try:
+                if batch.clients:
+                    self._write_batch(batch)
+            finally:
+                batch.done.set()
+            if self._stop.is_set():
+                return
+
+    def _write_batch(self, batch: _Batch) -> None:
+        session_ttl = self._session_ttl_ms()
+        try:
+            with self._lock:
+                present: dict[str, str] = {}
+                gone: list[str] = []
+                for client_id in batch.clients:
+                    topics = self.hub.topics_of(client_id)
+                    if topics is None:
+                        gone.append(client_id)
+                    else:
+                        present[client_id] = dump_topics(topics)
+                with self._redis.pipeline(transaction=False) as pipe:
+                    if gone:
+                        pipe.hdel(self._node_key, *gone)
+                    if present:
+                        ttl = self._ttl_ms()
+                        pipe.hset(self._node_key, mapping=present)  # type: ignore[arg-type]
+                        pipe.pexpire(self._node_key, ttl)
+                        pipe.zadd(self._keys.nodes, {self.node: time.time() + ttl / 1000})
+                    if batch.forget:
+                        pipe.delete(*(self._keys.session(cid) for cid in batch.forget))
+                    for client_id, topics in batch.remember.items():
+                        if session_ttl and topics:
+                            pipe.set(self._keys.session(client_id), dump_topics(topics), px=session_ttl)
+                    pipe.execute()
+        except redis.RedisError as e:
+            # The periodic refresh repairs presence; sessions are lost.
+            logger.warning("presence of %d client(s) not written to Redis: %s", len(batch.clients), e)
 
     def client_revoked(self, client: SSEClient, topics: frozenset[str]) -> None:
         self.write(client.id)
@@ -184,22 +310,21 @@ class RedisPresence:
         nodes = self._redis.zrangebyscore(self._keys.nodes, time.time(), "+inf")
         return [name for name in (text(node) for node in nodes) if name != self.node]
 
-    def cluster_topics(self, client_id: str) -> frozenset[str] | None:
+    def cluster_topics(self, client_id: str) -> tuple[frozenset[str], bool] | None:
         """The client's topics from its session or the other processes holding
-        it; ``None`` when none knows it."""
+        it, and whether one of them holds it live; ``None`` when none knows
+        it. One round trip."""
         try:
-            nodes = self._live_nodes()
-            with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(self._keys.session(client_id))
-                for node in nodes:
-                    pipe.hget(self._keys.node(node), client_id)
-                results = pipe.execute()
+            results = self._recall_script(
+                keys=[self._keys.nodes, self._keys.session(client_id)],
+                args=[time.time(), client_id, self._keys.node(""), self.node],
+            )
         except redis.RedisError as e:
             raise _error(f"looking up client {client_id!r} failed", e) from e
-        found = [json.loads(value) for value in results if value is not None]
+        found = [json.loads(value) for value in results if value]
         if not found:
             return None
-        return frozenset(topic for topics in found for topic in topics)
+        return frozenset(topic for topics in found for topic in topics), len(results) > 1
 
     def cluster_clients(self) -> dict[str, set[str]]:
         """Client id -> topics of every client connected anywhere; one Redis

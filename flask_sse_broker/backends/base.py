@@ -30,7 +30,9 @@ every process that may hold a recipient, in id order.
 **backplane** - :meth:`~Backend.subscribe`, :meth:`~Backend.unsubscribe`,
 :meth:`~Backend.disconnect`, :meth:`~Backend.revoke`: a change to a client id
 (or, for a revoke, to every holder of a topic) applied wherever the client
-lives. The defaults apply it to this process's hub.
+lives. The defaults apply it to this process's hub. :meth:`~Backend.prepare`
+lets a backend that routes events to the processes needing them make a new
+connection's events reach this process before its starting id is read.
 
 **presence** - :meth:`~Backend.client_count`, :meth:`~Backend.clients_by_topic`,
 :meth:`~Backend.is_connected`, :meth:`~Backend.recall`, and the hooks
@@ -39,7 +41,8 @@ lives. The defaults apply it to this process's hub.
 defaults answer for this process.
 
 **lifecycle** - :meth:`~Backend.bind`, :meth:`~Backend.start`,
-:meth:`~Backend.close`, :meth:`~Backend.reset_after_fork`.
+:meth:`~Backend.close`, :meth:`~Backend.reset_after_fork`; and
+:meth:`~Backend.debug_state` for tests.
 
 Unless said otherwise a method is called from any request thread (or
 greenlet), without the hub's lock, and may block on I/O for a bounded time
@@ -186,6 +189,11 @@ class Backend:
         """
         raise NotImplementedError
 
+    def debug_state(self) -> dict[str, t.Any]:
+        """The backend's own state as plain data, for tests (part of the
+        broker's ``_debug_state()``); no I/O."""
+        return {}
+
     def is_valid_id(self, value: str) -> bool:
         """Whether ``value`` has the shape of an id this backend writes
         (``<int>-<int>`` by default). Cheap, no I/O."""
@@ -242,6 +250,18 @@ class Backend:
         :raises BrokerUnavailable: it cannot be looked up now (a 503).
         """
         return None
+
+    def prepare(self, client: SSEClient, *, new_client: bool = False) -> None:
+        """A connection of ``client`` is registered and its replay comes next.
+        A backend that routes events to the processes that need them makes
+        sure, before returning, that events for this client and its topics
+        reach this process from now on. Called by ``open_stream`` for every
+        connection, in its thread, without the lock; may block for a bounded
+        time. ``new_client``: the id was minted for this connection, so
+        nothing can have been sent to it yet.
+
+        :raises BrokerUnavailable: it cannot be made sure now (a 503).
+        """
 
     def client_opened(self, client: SSEClient) -> None:
         """A client id's first connection in this process is open (its replay

@@ -2,17 +2,21 @@
 
 Selected by ``SSEConfig(redis_url=...)`` (``SSE_REDIS_URL``). The keys it
 writes are listed in ``_redis_keys.py``: a capped Redis Stream holds the
-history, and one pub/sub channel carries every event (``PUBLISH``\\ ed by the
-same Lua script that ``XADD``\\ s it, so channel order is id order) and the
-control messages (subscribe, unsubscribe, disconnect of a client id, revoke).
+history, and each event is ``PUBLISH``\\ ed on the channel of its audience
+(broadcast, topic or client id) by the same Lua script that ``XADD``\\ s it,
+so messages reach every connection in id order. Control messages (subscribe,
+unsubscribe, disconnect of a client id, revoke) travel on the client's channel,
+or on the broadcast channel when every process must hear them.
 
 Each process holds one pub/sub connection, read by one listener thread (a
 greenlet under gevent; ``_redis_listener.py``), whatever the number of
-clients it serves, and a small blocking pool for commands. Data flows one way:
-``publish`` runs the script, and the listener of every process - the
-publisher's own included - hands the event to its hub, so all processes
-deliver all events in the same order. Presence and sessions
-(``_redis_presence.py``) let any process answer for the cluster.
+clients it serves, subscribed only to the channels it has local recipients
+for (``_redis_channels.py``), and a small blocking pool for commands. Data
+flows one way: ``publish`` runs the script, and the listener of every process
+that needs the event - the publisher's own included - hands it to its hub, so
+all processes deliver in the same order. Presence and sessions
+(``_redis_presence.py``, written in batches) let any process answer for the
+cluster.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from redis.retry import Retry
 
 from .._topics import Subscriptions, is_pattern
 from ..exceptions import BackendError, BrokerUnavailable, ClientNotFound, InvalidEventId, TooManyTopics
+from ._redis_channels import is_pattern_key
 from ._redis_keys import ORIGIN, PUBLISH_SCRIPT, RedisKeys, encode_control, entry_envelope, text
 from ._redis_listener import RedisListener
 from ._redis_presence import RedisPresence
+from ._redis_routes import Routes
 from .base import Audience, Backend, Replay, logger
 
 if t.TYPE_CHECKING:
@@ -74,6 +80,10 @@ class RedisBackend(Backend):
     connect_timeout = 1.0
     #: Connections in the command pool; callers beyond it wait their turn.
     pool_size = 8
+    #: Seconds a command waits for a free connection of the pool. A storm of
+    #: reconnects queues here rather than failing; an operation still fails
+    #: fast when Redis itself is unreachable (a refused or timed-out connect).
+    pool_timeout = 20.0
     #: Seconds the listener waits for a message before looking at its clock
     #: (and at whether it should stop).
     poll_interval = 0.5
@@ -96,14 +106,17 @@ class RedisBackend(Backend):
     def _init_process(self) -> None:
         """State of one process: a forked child calls this again."""
         self.node = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
-        self._pool = self._make_pool(self.pool_size)
+        self._pool = self._make_pool(self.pool_size, self.pool_timeout)
         self._redis = redis.Redis(connection_pool=self._pool)
         #: The pub/sub connection's own pool, so it never takes a command slot.
-        self._pubsub_pool = self._make_pool(1)
+        self._pubsub_pool = self._make_pool(1, self.socket_timeout + self.connect_timeout, protocol=2)
         self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
         self._presence = RedisPresence(self._redis, self._keys, self.node, self)
+        # The listener's own commands (catch-up, settles) never queue behind
+        # a storm of requests for the pool: one connection of its own.
+        self._listener_pool = self._make_pool(1, self.socket_timeout + self.connect_timeout)
         self._listener = RedisListener(
-            self._redis,
+            redis.Redis(connection_pool=self._listener_pool),
             self._pubsub_pool,
             self._keys,
             self,
@@ -112,14 +125,18 @@ class RedisBackend(Backend):
             on_tick=self._presence.refresh,
             on_gap=self._end_local_streams,
         )
+        self._routes = Routes(self._keys, self._listener, self.pool_timeout)
+        self._route = self._routes.route
+        self._wait_live = self._routes.wait_live
         if hasattr(self, "hub"):
-            self._presence.hub = self.hub
+            self._presence.hub = self._routes.hub = self.hub
 
-    def _make_pool(self, size: int) -> redis.BlockingConnectionPool:
+    def _make_pool(self, size: int, wait: float, **options: t.Any) -> redis.BlockingConnectionPool:
         return redis.BlockingConnectionPool.from_url(
             self.url,
             max_connections=size,
-            timeout=self.socket_timeout + self.connect_timeout,
+            timeout=wait,
+            **options,
             socket_timeout=self.socket_timeout,
             socket_connect_timeout=self.connect_timeout,
             # A timed-out publish may have run: never retry it blindly.
@@ -131,7 +148,7 @@ class RedisBackend(Backend):
 
     def bind(self, hub: Hub) -> None:
         super().bind(hub)
-        self._presence.hub = hub
+        self._presence.hub = self._routes.hub = hub
 
     def start(self) -> None:
         """Start the listener and wait (briefly) until it is subscribed, so the
@@ -140,13 +157,16 @@ class RedisBackend(Backend):
 
     def close(self) -> None:
         self._listener.stop()
+        self._presence.stop()
         if self._listener.ready.is_set() or self._presence.has_pending:
             self._presence.forget_process()
         self._pool.disconnect()
+        self._listener_pool.disconnect()
         self._pubsub_pool.disconnect()
 
     def reset_after_fork(self) -> None:
         # The parent's sockets and listener thread are not this process's.
+        self._listener.channels.close()
         self._init_process()
 
     # -- history -------------------------------------------------------------
@@ -213,7 +233,7 @@ class RedisBackend(Backend):
         return {
             "keys": [self._keys.stream, self._keys.last, self._keys.published(idempotency_key)],
             "args": [
-                self._keys.channel,
+                self._keys.channel(audience, target),
                 maxlen,
                 audience.value,
                 target or "",
@@ -239,6 +259,12 @@ class RedisBackend(Backend):
         # live; wait until that start is known, so replay covers the rest.
         if self._listener.running:
             self._listener.wait_ready()
+            if cursor is None:
+                # A new client starts where the listener is: no round trip, so
+                # a storm of new clients costs Redis nothing here.
+                position = self._listener.position()
+                if position is not None:
+                    return Replay(cursor=position)
         try:
             with self._redis.pipeline(transaction=True) as pipe:
                 pipe.get(self._keys.last)
@@ -295,24 +321,32 @@ class RedisBackend(Backend):
         local = hub.is_connected(client_id)
         current = hub.topics_of(client_id, sessions=True)
         if current is None:
-            current = self._presence.cluster_topics(client_id)
-            if current is None:
+            found = self._presence.cluster_topics(client_id)
+            if found is None:
                 raise ClientNotFound(client_id)
+            current = found[0]
         updated = current | frozenset(topics) if op == "subscribe" else current - frozenset(topics)
         hub.check_topic_count(updated)
-        self._publish_control(op, client_id, topics)
+        # Every process: the ones holding the client live, and the ones that
+        # still remember an earlier session of it in memory (a reconnect there
+        # within session_ttl would otherwise get its old topics back).
+        # Subscriptions change far less often than events are published.
+        self._publish_control(op, client_id, topics, to_all=True)
         try:
             change = hub.subscribe if op == "subscribe" else hub.unsubscribe
             now = change(client_id, topics)
         except ClientNotFound:
             now = updated
+        # A client here gets the events published once this returns.
+        self._wait_live(self._route(client_id, topics))
         self._presence.update_session(client_id, now)
         if local:
             self._presence.write(client_id)
         return now
 
     def disconnect(self, client_id: str) -> int:
-        self._publish_control("disconnect", client_id)
+        # Every process: the ones holding it, and the ones remembering it.
+        self._publish_control("disconnect", client_id, to_all=True)
         return self.hub.disconnect(client_id)
 
     def revoke(self, topic: str, client_id: str | None) -> int:
@@ -325,16 +359,22 @@ class RedisBackend(Backend):
         after the clean-up cannot get the topic back; one reading it just
         before is normally registered by the time the control message
         reaches its process, which then revokes it there.
+
+        The message goes on the broadcast channel even for one client, as a
+        disconnect does: a process that only *remembers* the client (its
+        session, not its channel) must forget the topic too.
         """
         keys = None if client_id is None else [self._keys.session(client_id)]
         self._presence.revoke_sessions(topic, keys)
-        self._publish_control("revoke", client_id, (topic,))
+        self._publish_control("revoke", client_id, (topic,), to_all=True)
         return self._revoke_here(topic, client_id)
 
     def _revoke_here(self, topic: str, client_id: str | None) -> int:
-        """Apply a revoke to this process's hub, and to the Redis copies of
-        the sessions it changed (written by a client that left meanwhile)."""
+        """Apply a revoke to this process's hub (and its channels), and to the
+        Redis copies of the sessions it changed (written by a client that
+        left meanwhile)."""
         clients, sessions = self.hub.revoke(topic, client_id)
+        self._route(None, (topic,))
         if sessions:
             try:
                 self._presence.revoke_sessions(topic, [self._keys.session(cid) for cid in sessions])
@@ -342,11 +382,37 @@ class RedisBackend(Backend):
                 logger.warning("revoke of %r: sessions in Redis not updated: %s", topic, e)
         return len(clients)
 
-    def _publish_control(self, op: str, client_id: str | None, topics: t.Collection[str] = ()) -> None:
+    def _publish_control(
+        self, op: str, client_id: str | None, topics: t.Collection[str] = (), *, to_all: bool = False
+    ) -> None:
+        channel = self._keys.all if to_all or client_id is None else self._keys.client(client_id)
         try:
-            self._redis.publish(self._keys.channel, encode_control(op, client_id, topics, self.node))
+            self._redis.publish(channel, encode_control(op, client_id, topics, self.node))
         except redis.RedisError as e:
             raise _error(f"{op} of client {client_id!r} failed", e) from e
+
+    def debug_state(self) -> dict[str, t.Any]:
+        """The channels held and how many messages the listener received."""
+        channels = self._listener.channels
+        wanted = channels.wanted()
+        return {
+            "channels": sorted(c.decode() for c in wanted if not is_pattern_key(c)),
+            "patterns": sorted(c[1:].decode() for c in wanted if is_pattern_key(c)),
+            "received": channels.received,
+            "position": self._listener.position(),
+        }
+
+    # -- routing ---------------------------------------------------------------
+
+    def prepare(self, client: SSEClient, *, new_client: bool = False) -> None:
+        """Hold the channels of ``client`` and its topics, and wait until they
+        are live, so the stream's starting id (read next, in :meth:`replay`)
+        is one after which nothing for it can be missed. Usually nothing to
+        wait for: a topic another local client holds is live already.
+
+        :raises BrokerUnavailable: Redis did not confirm in time.
+        """
+        self._wait_live(self._route(client.id, client.topics, new_client=new_client))
 
     def _apply_control(self, message: dict[str, t.Any]) -> None:
         """A control message from another process (the listener thread)."""
@@ -362,8 +428,10 @@ class RedisBackend(Backend):
         try:
             if op == "subscribe":
                 hub.subscribe(client_id, message["topics"])
+                self._listener.sync(self._route(client_id, message["topics"]))
             elif op == "unsubscribe":
                 hub.unsubscribe(client_id, message["topics"])
+                self._route(client_id, message["topics"])
             elif op == "disconnect":
                 hub.disconnect(client_id)
                 return
@@ -372,7 +440,7 @@ class RedisBackend(Backend):
         except TooManyTopics as e:
             logger.warning("subscribe of client %r refused here: %s", client_id, e)
             return
-        self._presence.write(client_id)
+        self._presence.changed(client_id)
 
     # -- presence ------------------------------------------------------------
 
@@ -380,6 +448,7 @@ class RedisBackend(Backend):
         self._presence.client_opened(client)
 
     def client_closed(self, client: SSEClient) -> None:
+        self._route(client.id, client.topics)
         self._presence.client_closed(client)
 
     def client_revoked(self, client: SSEClient, topics: frozenset[str]) -> None:
@@ -387,9 +456,10 @@ class RedisBackend(Backend):
 
     def recall(self, client_id: str) -> frozenset[str] | None:
         try:
-            return self._presence.cluster_topics(client_id)
+            found = self._presence.cluster_topics(client_id)
         except BackendError as e:
             raise BrokerUnavailable(str(e), retry_after=5) from e.__cause__
+        return found[0] if found is not None else None
 
     def is_connected(self, client_id: str) -> bool:
         return self._presence.is_connected(client_id)
