@@ -10,21 +10,15 @@ import pytest
 
 from flask_sse_broker import InvalidTopic, SSEBroker, SSEConfig
 
-from .plugins.servers import SHARED_CONFIG
+from .plugins.servers import servers_of
 from .redis_support import Cluster, ConnectionReader, requires_redis
-from .support import SERVER_KINDS, EventReader, Server, connect_url, http_request
+from .support import EventReader, Server, connect_url, http_request
 
 APP = "tests.apps.patternsapp:create_app()"
 
 
-@pytest.fixture(scope="module", params=SERVER_KINDS)
-def server(request: pytest.FixtureRequest) -> t.Iterator[Server]:
-    """:mod:`tests.apps.patternsapp` under each server model; ``authorize`` refuses
-    topics starting with ``secret``."""
-    srv = Server(request.param, app=APP, config=SHARED_CONFIG, env={"SSE_TEST_AUTHZ": "secret"})
-    srv.start()
-    yield srv
-    srv.stop()
+#: :mod:`tests.apps.patternsapp` under each server model.
+server = servers_of(APP, "module")
 
 
 def _data(reader: EventReader) -> t.Any:

@@ -21,13 +21,25 @@ SHARED_CONFIG = {
 }
 
 
-@pytest.fixture(scope="session", params=SERVER_KINDS)
-def server(request: pytest.FixtureRequest) -> t.Iterator[Server]:
-    """The test app under each server model, with :data:`SHARED_CONFIG`."""
-    srv = Server(request.param, config=SHARED_CONFIG, env={"SSE_TEST_AUTHZ": "secret"})
-    srv.start()
-    yield srv
-    srv.stop()
+def servers_of(app: str | None = None, scope: t.Literal["session", "module"] = "session") -> t.Any:
+    """A ``server`` fixture: ``app`` (``"module:factory()"``; default the test
+    app) under each server model, with :data:`SHARED_CONFIG`, and
+    ``authorize`` refusing topics that start with ``secret``. A test module
+    assigns ``server = servers_of(APP, "module")`` to serve its own app."""
+
+    @pytest.fixture(scope=scope, params=SERVER_KINDS)
+    def server(request: pytest.FixtureRequest) -> t.Iterator[Server]:
+        kwargs = {"app": app} if app is not None else {}
+        srv = Server(request.param, config=SHARED_CONFIG, env={"SSE_TEST_AUTHZ": "secret"}, **kwargs)
+        srv.start()
+        yield srv
+        srv.stop()
+
+    return server
+
+
+#: The test app under each server model, once per session.
+server = servers_of()
 
 
 @pytest.fixture
