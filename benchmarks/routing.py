@@ -42,25 +42,7 @@ import threading
 import time
 import typing as t
 
-from .servers import CLK_TCK, ROOT, free_port
-
-
-def _cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _schedstat_cpu(pid: int) -> float:
-    """Nanosecond CPU of every live thread, falling back to ticks."""
-    total = 0
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[0])
-    except (OSError, ValueError):
-        return _cpu(pid)
-    return total / 1e9
+from .servers import ROOT, cpu_seconds, free_port
 
 
 def _bytes_received(redis_port: int) -> dict[int, int]:
@@ -174,7 +156,7 @@ def one(p: int, args: argparse.Namespace, server: PrivateRedis) -> dict[str, t.A
                 raise RuntimeError("a subscriber process did not start")
         time.sleep(0.5)  # let the listeners settle before the figures start
         pids = [proc.pid for proc in procs]
-        cpu0 = [_schedstat_cpu(pid) for pid in pids]
+        cpu0 = [cpu_seconds(pid) for pid in pids]
         got0 = _bytes_received(server.port)
         out0 = out_bytes()
         n = int(args.rate * args.seconds)
@@ -186,7 +168,7 @@ def one(p: int, args: argparse.Namespace, server: PrivateRedis) -> dict[str, t.A
                 time.sleep(delay)
             publisher.broadcast_to_topic(topics[i % len(topics)], body)
         time.sleep(1.0)  # the last events reach their readers
-        cpu = [_schedstat_cpu(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
+        cpu = [cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
         got = _bytes_received(server.port)
         read = [got.get(pid, 0) - got0.get(pid, 0) for pid in pids]
         out = out_bytes() - out0
