@@ -190,7 +190,9 @@ class RedisListener:
         assert self._delivered is not None
         with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(self._keys.last)
-            pipe.xrange(self._keys.stream, min="(" + format_event_id(self._delivered), max="+")
+            # From the last delivered entry itself: finding it still there
+            # proves that nothing after it was trimmed.
+            pipe.xrange(self._keys.stream, min=format_event_id(self._delivered), max="+")
             if not first:
                 pipe.xinfo_stream(self._keys.stream)
             results = pipe.execute(raise_on_error=False)
@@ -213,18 +215,27 @@ class RedisListener:
                 logger.warning("Redis lost the event history; resuming from %s", head)
             self._delivered = head or (0, 0)
             return
-        if info is not None:
-            deleted = parse_event_id(text(info.get("max-deleted-entry-id", "0-0")))
-            if deleted is not None and deleted > self._delivered:
-                logger.error(
-                    "events published while the Redis listener was away were already trimmed from "
-                    "the history; ending local streams so their clients resume (and are reset)"
-                )
-                self._delivered = head
-                self._on_gap()
-                return
+        if entries and parse_event_id(text(entries[0][0])) == self._delivered:
+            entries = entries[1:]
+        elif not first and head > self._delivered and self._trimmed(info):
+            logger.error(
+                "events published while the Redis listener was away were already trimmed from "
+                "the history; ending local streams so their clients resume (and are reset)"
+            )
+            self._delivered = head
+            self._on_gap()
+            return
         for entry_id, fields in entries:
             self._deliver(entry_envelope(entry_id, fields))
+
+    @staticmethod
+    def _trimmed(info: t.Any) -> bool:
+        """Whether the stream lost entries to trimming, its last delivered
+        entry being gone. A stream that never lost one is complete: a Redis
+        restarted without its data and written since. (``XINFO``'s
+        ``max-deleted-entry-id`` cannot tell: Redis 7.0 leaves it at ``0-0``
+        when ``MAXLEN ~`` trims.)"""
+        return info is None or info.get("entries-added") != info.get("length")
 
     def _run(self) -> None:
         tunables = self._tunables
