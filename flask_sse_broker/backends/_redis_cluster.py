@@ -1,0 +1,673 @@
+"""The Redis Cluster backend: the history split over the shards of a cluster.
+
+Selected by ``SSEConfig(redis_url=..., redis_cluster=True)``
+(``SSE_REDIS_CLUSTER``); ``redis_url`` names any node. Needs Redis 7+
+(sharded pub/sub). The design, and why:
+
+**Partitions.** The history is :data:`PARTITIONS` (16) partitions, each a
+capped stream, a ``last`` key and a sharded pub/sub channel under one hash
+tag, so they live on one shard and one Lua script ``XADD``\\ s an event and
+``SPUBLISH``\\ es it atomically there (Redis 7.0 allows ``SPUBLISH`` of a
+declared key's slot in a script). The tags are chosen so the partitions'
+slots are spread evenly over the 16384 slots, hence over the primaries of a
+cluster made with ``redis-cli --cluster create``. A topic's events go to the
+partition its name hashes to (CRC-32), a client's direct sends to the
+partition of its client id, broadcasts and control messages to partition 0.
+So publishes on different topics run on different primaries, and the publish
+rate grows with the primaries; one topic's events stay in one stream, so they
+keep the §4/§6 guarantees (order, no loss across reconnects, ``reset``).
+
+**Cursor ids.** An event's id is its position in its partition's stream, but
+a browser sends back only the last id it received. So the id written on each
+event is the *cursor* of the process's listener after delivering it: the
+position of every partition (``_cluster_cursor.py``). Each partition is read
+in order by one listener thread, and events are delivered to the hub in one
+sequence under :attr:`RedisClusterBackend._order`, so a connection that
+received an event has received every earlier event for it in every partition
+(up to the positions its id names) - or its replay did. Resuming with that id
+replays each partition after its position. The frame is still encoded once
+per event, whatever the number of connections.
+
+**Handover.** The envelopes' ``seq`` is the process's delivery counter, not a
+stream id: a replay reads every partition up to the listener's positions at
+one instant (taken under the order lock, with the counter) and tells the
+stream to drop live events up to that counter (``Replay.skip``).
+
+**What is not promised.** Order between events on different partitions (a
+connection may see topic B's event before topic A's one published just
+before it); a ``publish_batch`` is not atomic across partitions; a
+subscribe, disconnect or revoke from another process is applied when its
+control message arrives, not ordered with events on other partitions;
+presence (``client_count``, ``clients_by_topic``, ``is_connected``) and
+remembered sessions are per process. Every process reads every partition
+(one pub/sub connection per primary), so unlike the single-Redis backend a
+process also receives events it has no recipient for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import random
+import secrets
+import socket
+import threading
+import time
+import typing as t
+import zlib
+
+import redis
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
+from redis.retry import Retry
+
+from .._backoff import EqualJitterBackoff
+from .._wire import Audience, Envelope, Seq, format_event_id, frame, parse_event_id
+from ..exceptions import BackendError, BrokerUnavailable, ClientNotFound, TooManyTopics
+from ._cluster_cursor import ORIGIN, PARTITIONS, encode_cursor, parse_cursor
+from ._redis_keys import encode_control, text
+from .base import Backend, Replay, logger
+
+__all__ = ["PARTITIONS", "RedisClusterBackend"]
+
+#: As the single-Redis script, with ``SPUBLISH`` on the partition's own
+#: channel (KEYS[4], declared: same slot). KEYS[3]: the idempotency key.
+PUBLISH_SCRIPT = """
+local seen = redis.call('GET', KEYS[3])
+if seen then
+  return seen
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[5], '*',
+                      'k', ARGV[2], 't', ARGV[3], 'b', ARGV[4])
+redis.call('SET', KEYS[2], id)
+redis.call('SET', KEYS[3], id, 'PX', ARGV[6])
+redis.call('SPUBLISH', KEYS[4],
+           'E ' .. id .. ' ' .. ARGV[2] .. ' ' .. string.len(ARGV[3]) .. ' ' .. ARGV[3] .. ARGV[4])
+return id
+"""
+
+_SLOTS = 16384
+_Errors = (redis.RedisError, RedisClusterException, OSError)
+
+
+class Partition:
+    """One partition's keys, all under one hash tag (one slot)."""
+
+    __slots__ = ("channel", "index", "last", "stream", "tag")
+
+    def __init__(self, prefix: str, index: int) -> None:
+        low, high = index * _SLOTS // PARTITIONS, (index + 1) * _SLOTS // PARTITIONS
+        for n in itertools.count():
+            tag = f"{prefix}:{index}.{n}"
+            if low <= key_slot(tag.encode()) < high:
+                break
+        self.index = index
+        self.tag = "{" + tag + "}"
+        self.stream = f"{self.tag}:stream"
+        self.last = f"{self.tag}:last"
+        self.channel = f"{self.tag}:events"
+
+    def published(self, idempotency_key: str) -> str:
+        return f"{self.tag}:published:{idempotency_key}"
+
+
+def partition_of(audience: Audience, target: str | None) -> int:
+    """The partition of an event: broadcasts in 0, the rest by a stable hash."""
+    if audience is Audience.ALL:
+        return 0
+    return 1 + zlib.crc32(f"{audience.value}:{target}".encode()) % (PARTITIONS - 1)
+
+
+class RedisClusterBackend(Backend):
+    """Carries events between processes through a Redis Cluster (see the module).
+
+    :param url: any node of the cluster (``redis://host:port``).
+    :param history_size: events kept for replay *per partition*.
+    :param prefix: prefix of every key (no ``{`` or ``}``: they make hash tags).
+    """
+
+    socket_timeout = 2.0
+    connect_timeout = 1.0
+    idempotency_ttl = 300.0
+    poll_interval = 0.5
+    refresh_interval = 5.0
+    min_backoff = 0.1
+    max_backoff = 5.0
+    #: Seconds a resuming stream waits for this process's listener to reach
+    #: the positions of its cursor (written by a process ahead of this one).
+    catch_up_wait = 2.0
+
+    def __init__(self, url: str, history_size: int = 1000, prefix: str = "flask_sse") -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"redis_prefix must not contain {{ or }} with redis_cluster: {prefix!r}")
+        self.url = url
+        self.history_size = history_size
+        self.prefix = prefix
+        self.partitions = [Partition(prefix, i) for i in range(PARTITIONS)]
+        self._init_process()
+
+    def _init_process(self) -> None:
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+        #: The ``RedisCluster`` client (typed ``Any``: the redis stubs lag behind).
+        self._client: t.Any = None
+        self._client_lock = threading.Lock()
+        #: Orders delivery: positions, counter and the hub's queues move together.
+        self._order = threading.Lock()
+        self._positions: list[Seq | None] = [None] * PARTITIONS
+        self._counter = 0
+        self._stop = threading.Event()
+        self._readers: list[_Reader] = []
+
+    # -- connection ------------------------------------------------------------
+
+    def cluster(self) -> t.Any:
+        """The cluster client, made (and the server checked) on first use.
+
+        :raises BackendError: unreachable, not a cluster, or older than Redis 7.
+        """
+        if self._client is not None:
+            return self._client
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._connect()
+        return self._client
+
+    def _connect(self) -> t.Any:
+        try:
+            client: t.Any = RedisCluster.from_url(
+                self.url,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.connect_timeout,
+                retry=Retry(NoBackoff(), 1),
+                client_name=f"{self.prefix}:{self.node}",
+            )
+        except RedisClusterException as e:
+            if "cluster mode is not enabled" in str(e).lower() or "cluster_enabled" in str(e).lower():
+                raise BackendError(
+                    f"redis_cluster is set but {self.url} is not a Redis Cluster node "
+                    "(unset SSE_REDIS_CLUSTER to use a single Redis)"
+                ) from e
+            raise _error("connecting to the cluster failed", e) from e
+        except _Errors as e:
+            raise _error("connecting to the cluster failed", e) from e
+        try:
+            version = text(client.info("server", target_nodes=RedisCluster.RANDOM)["redis_version"])
+        except (*_Errors, KeyError) as e:
+            client.close()
+            raise _error("reading the server version failed", e) from e
+        if int(version.split(".")[0]) < 7:
+            client.close()
+            raise BackendError(
+                f"redis_cluster needs Redis 7 or later (sharded pub/sub); {self.url} runs {version}"
+            )
+        self._publish_script = client.register_script(PUBLISH_SCRIPT)
+        return client
+
+    def owner(self, partition: Partition) -> tuple[str, int]:
+        node = self.cluster().get_node_from_key(partition.channel)
+        if node is None:
+            raise BackendError(f"Redis Cluster backend: no node holds partition {partition.index}")
+        return str(node.host), int(node.port)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """One listener thread per primary, each reading its partitions; wait
+        (briefly) until every one is subscribed and knows its positions."""
+        if self._readers:
+            return
+        self._stop.clear()
+        groups: dict[tuple[str, int], list[Partition]] = {}
+        try:
+            for p in self.partitions:
+                groups.setdefault(self.owner(p), []).append(p)
+        except BackendError as e:
+            logger.error("Redis Cluster unreachable at start (%s); listening per partition", e)
+            groups = {("?", p.index): [p] for p in self.partitions}
+        self._readers = [_Reader(self, group) for group in groups.values()]
+        for reader in self._readers:
+            reader.thread.start()
+        deadline = time.monotonic() + self.socket_timeout + self.connect_timeout
+        for reader in self._readers:
+            reader.ready.wait(max(0.0, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        self._stop.set()
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            if reader.thread is not threading.current_thread():
+                reader.thread.join(self.poll_interval + 2 * self.socket_timeout)
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def reset_after_fork(self) -> None:
+        self._init_process()
+
+    # -- history ---------------------------------------------------------------
+
+    def publish(
+        self, audience: Audience, target: str | None, body: bytes, *, idempotency_key: str | None = None
+    ) -> int:
+        """Append to the event's partition and publish it on its shard; every
+        listener, this process's included, delivers it.
+
+        :raises BackendError: the shard did not answer or refused.
+        """
+        key = idempotency_key or secrets.token_urlsafe(16)
+        try:
+            self._publish(audience, target, body, key)
+        except BackendError as e:
+            e.idempotency_key = key
+            raise
+        return self.hub.recipient_count(audience, target)
+
+    def _publish(self, audience: Audience, target: str | None, body: bytes, key: str) -> str:
+        partition = self.partitions[partition_of(audience, target)]
+        if self.history_size:
+            maxlen, how = self.history_size + 1, "~"  # +1: the cursor's own entry stays
+        else:
+            maxlen, how = 0, "="
+        client = self.cluster()
+        try:
+            event_id = self._publish_script(
+                keys=[partition.stream, partition.last, partition.published(key), partition.channel],
+                args=[how, audience.value, target or "", body, maxlen, int(self.idempotency_ttl * 1000)],
+                client=client,
+            )
+        except _Errors as e:
+            raise _error(f"publishing to partition {partition.index} failed", e) from e
+        return f"{partition.index}:{text(event_id)}"
+
+    def publish_batch(self, items: t.Sequence[tuple[Audience, str | None, bytes]]) -> list[tuple[str, int]]:
+        """Publish the items one by one, in order. Not atomic across
+        partitions: on :exc:`BackendError` the items before the failed one
+        were published. The ids are ``<partition>:<stream id>``."""
+        results = []
+        for audience, target, body in items:
+            event_id = self._publish(audience, target, body, secrets.token_urlsafe(16))
+            results.append((event_id, self.hub.recipient_count(audience, target)))
+        return results
+
+    def is_valid_id(self, value: str) -> bool:
+        return parse_cursor(value) is not None
+
+    def last_event_id(self) -> str | None:
+        """The listener's cursor, or every partition's newest id from Redis."""
+        with self._order:
+            known = list(self._positions)
+        if self._readers and all(r.connected for r in self._readers) and None not in known:
+            return encode_cursor(t.cast(list[Seq], known))
+        try:
+            return encode_cursor(self._heads())
+        except _Errors as e:
+            raise _error("reading the last event ids failed", e) from e
+
+    def _heads(self) -> list[Seq]:
+        pipe = self.cluster().pipeline()
+        for p in self.partitions:
+            pipe.get(p.last)
+        return [parse_event_id(text(v)) or ORIGIN if v is not None else ORIGIN for v in pipe.execute()]
+
+    def _snapshot(self) -> tuple[list[Seq], int] | None:
+        with self._order:
+            if None in self._positions:
+                return None
+            return t.cast(list[Seq], list(self._positions)), self._counter
+
+    def replay(self, cursor: str | None) -> Replay:
+        """Every partition after the cursor's position, up to where this
+        process's listener is (later events reach the stream live).
+
+        A partition whose position is no longer in its stream (trimmed, lost
+        with a restarted primary, from another cluster) resets the client.
+        """
+        if not self._readers or not all(r.ready.is_set() for r in self._readers):
+            raise BrokerUnavailable("the Redis Cluster listener is not subscribed", retry_after=5)
+        want = parse_cursor(cursor) if cursor is not None else None
+        snapshot = self._snapshot()
+        if want is not None and snapshot is not None and not _covers(snapshot[0], want):
+            snapshot = self._wait_positions(want)
+        if snapshot is None:
+            raise BrokerUnavailable("the Redis Cluster listener has no positions yet", retry_after=5)
+        positions, counter = snapshot
+        skip = (counter, 0)
+        if want is None:
+            return Replay(cursor=encode_cursor(positions), skip=skip)
+        if not _covers(positions, want):
+            return Replay(reset=True, cursor=encode_cursor(positions), skip=skip)
+        try:
+            missed = self._read_missed(want, positions)
+        except _Errors as e:
+            raise BrokerUnavailable(f"the Redis Cluster is unreachable: {e}", retry_after=5) from e
+        if missed is None:
+            return Replay(reset=True, cursor=encode_cursor(positions), skip=skip)
+        return Replay(envelopes=self._frames(want, missed), cursor=encode_cursor(want), skip=skip)
+
+    def _wait_positions(self, want: list[Seq]) -> tuple[list[Seq], int] | None:
+        """Wait (briefly) for the listener to reach ``want``: a cursor written
+        by a process whose listener is ahead of this one's."""
+        deadline = time.monotonic() + self.catch_up_wait
+        while time.monotonic() < deadline:
+            snapshot = self._snapshot()
+            if snapshot is not None and _covers(snapshot[0], want):
+                return snapshot
+            time.sleep(0.01)
+        return self._snapshot()  # still behind: a cursor from the future, reset
+
+    def _read_missed(self, want: list[Seq], positions: list[Seq]) -> list[tuple[int, list[t.Any]]] | None:
+        """The entries of each partition after ``want`` up to ``positions``;
+        ``None`` when one partition cannot prove it lost nothing."""
+        pipe = self.cluster().pipeline()
+        asked = []
+        for p, start, end in zip(self.partitions, want, positions, strict=True):
+            if start == end:
+                continue
+            if start == ORIGIN:
+                pipe.xrange(p.stream, min="-", max=format_event_id(end))
+                pipe.xinfo_stream(p.stream)
+            else:
+                pipe.xrange(p.stream, min=format_event_id(start), max=format_event_id(end))
+            asked.append((p.index, start))
+        results = iter(pipe.execute(raise_on_error=False))
+        missed = []
+        for index, start in asked:
+            entries = next(results)
+            if isinstance(entries, Exception):
+                raise entries
+            if start == ORIGIN:
+                info = next(results)
+                trimmed = isinstance(info, Exception) or text(info.get("max-deleted-entry-id")) != "0-0"
+                if trimmed:
+                    return None
+            elif not entries or text(entries[0][0]) != format_event_id(start):
+                return None
+            else:
+                entries = entries[1:]
+            missed.append((index, entries))
+        return missed
+
+    def _frames(self, want: list[Seq], missed: list[tuple[int, list[t.Any]]]) -> list[Envelope]:
+        """The replayed events, merged across partitions by stream id, each
+        with the cursor after it."""
+        merged = sorted(
+            (parse_event_id(text(entry_id)) or ORIGIN, index, fields)
+            for index, entries in missed
+            for entry_id, fields in entries
+        )
+        cursor = list(want)
+        envelopes = []
+        for seq, index, fields in merged:
+            cursor[index] = seq
+            kind = Audience(fields[b"k"].decode())
+            target = fields[b"t"].decode() if kind is not Audience.ALL else None
+            envelope = Envelope(ORIGIN, kind, target, frame(fields[b"b"], encode_cursor(cursor)))
+            envelope.at = seq[0] / 1000
+            envelopes.append(envelope)
+        return envelopes
+
+    # -- delivery (listener threads) -------------------------------------------
+
+    def deliver(self, index: int, seq: Seq, audience: Audience, target: str | None, body: bytes) -> None:
+        """Hand one event of partition ``index`` to the hub, with the cursor
+        after it; an event at or before the partition's position is a
+        duplicate (a catch-up and a message), dropped."""
+        with self._order:
+            positions = self._positions
+            current = positions[index]
+            if current is not None and seq <= current:
+                return
+            positions[index] = seq
+            self._counter += 1
+            known = [p or ORIGIN for p in positions]
+            envelope = Envelope((self._counter, 0), audience, target, frame(body, encode_cursor(known)))
+            envelope.at = seq[0] / 1000
+            self.hub.deliver(envelope)
+
+    def position(self, index: int) -> Seq | None:
+        return self._positions[index]
+
+    def set_position(self, index: int, seq: Seq) -> None:
+        with self._order:
+            self._positions[index] = seq
+
+    def on_gap(self, index: int) -> None:
+        logger.error(
+            "events of partition %d published while its Redis Cluster listener was away were already "
+            "trimmed; ending local streams so their clients resume (and are reset)",
+            index,
+        )
+        self.hub.disconnect_all()
+
+    # -- backplane -------------------------------------------------------------
+
+    def _control(
+        self, op: str, client_id: str | None, topics: t.Collection[str] = (), index: int = 0
+    ) -> None:
+        partition = self.partitions[index]
+        try:
+            self.cluster().spublish(partition.channel, encode_control(op, client_id, topics, self.node))
+        except _Errors as e:
+            raise _error(f"{op} of client {client_id!r} failed", e) from e
+
+    def subscribe(self, client_id: str, topics: t.Collection[str]) -> frozenset[str]:
+        return self._change_topics("subscribe", client_id, topics)
+
+    def unsubscribe(self, client_id: str, topics: t.Collection[str]) -> frozenset[str]:
+        return self._change_topics("unsubscribe", client_id, topics)
+
+    def _change_topics(self, op: str, client_id: str, topics: t.Collection[str]) -> frozenset[str]:
+        """Apply here, and tell every process (a client known nowhere here is
+        assumed to live elsewhere: presence is per process on a cluster)."""
+        current = self.hub.topics_of(client_id, sessions=True)
+        self._control(op, client_id, topics)
+        if current is None:
+            return frozenset(topics) if op == "subscribe" else frozenset()
+        change = self.hub.subscribe if op == "subscribe" else self.hub.unsubscribe
+        return change(client_id, topics)
+
+    def disconnect(self, client_id: str) -> int:
+        self._control("disconnect", client_id)
+        return self.hub.disconnect(client_id)
+
+    def revoke(self, topic: str, client_id: str | None) -> int:
+        """Tell every process, on the topic's own partition (so in order with
+        its events) for a plain topic, on partition 0 for a pattern."""
+        index = 0 if "*" in topic else partition_of(Audience.TOPIC, topic)
+        self._control("revoke", client_id, (topic,), index)
+        return len(self.hub.revoke(topic, client_id)[0])
+
+    def apply_control(self, message: dict[str, t.Any]) -> None:
+        """A control message from another process (a listener thread)."""
+        if message.get("node") == self.node:
+            return
+        client_id, op, hub = message["client"], message["op"], self.hub
+        try:
+            if op == "revoke":
+                for topic in message["topics"]:
+                    hub.revoke(topic, client_id)
+            elif op == "subscribe":
+                hub.subscribe(client_id, message["topics"])
+            elif op == "unsubscribe":
+                hub.unsubscribe(client_id, message["topics"])
+            elif op == "disconnect":
+                hub.disconnect(client_id)
+        except ClientNotFound:
+            pass  # the client lives elsewhere
+        except TooManyTopics as e:
+            logger.warning("subscribe of client %r refused here: %s", client_id, e)
+
+    def debug_state(self) -> dict[str, t.Any]:
+        return {
+            "positions": [format_event_id(p) if p else None for p in self._positions],
+            "delivered": self._counter,
+            "readers": [[p.index for p in r.partitions] for r in self._readers],
+        }
+
+
+def _covers(positions: list[Seq], want: list[Seq]) -> bool:
+    return all(have >= need for have, need in zip(positions, want, strict=True))
+
+
+class _Reader:
+    """One listener thread: the partitions one primary holds, over one
+    sharded pub/sub connection; catches up from the streams on every
+    (re)subscribe, reconnects with backoff."""
+
+    def __init__(self, backend: RedisClusterBackend, partitions: list[Partition]) -> None:
+        self.backend = backend
+        self.partitions = partitions
+        self.ready = threading.Event()
+        self.connected = False
+        self._by_channel = {p.channel.encode(): p for p in partitions}
+        self.thread = threading.Thread(target=self._run, name="sse-redis-cluster-listener", daemon=True)
+
+    def _run(self) -> None:
+        backend = self.backend
+        backoff = EqualJitterBackoff(backend.min_backoff, backend.max_backoff)
+        failures = 0
+        while not backend._stop.is_set():
+            pubsub = None
+            try:
+                host, port = backend.owner(self.partitions[0])
+                client = redis.Redis(
+                    host=host,
+                    port=port,
+                    socket_timeout=backend.socket_timeout,
+                    socket_connect_timeout=backend.connect_timeout,
+                    retry=Retry(NoBackoff(), 0),
+                )
+                pubsub = client.pubsub()
+                self._subscribe(client, pubsub)
+                if failures:
+                    logger.warning("Redis Cluster listener reconnected to %s:%d", host, port)
+                failures = 0
+                self._listen(pubsub)
+            except (*_Errors, BackendError) as e:
+                self.connected = False
+                failures += 1
+                if backend._stop.is_set():
+                    break
+                delay = backoff.compute(failures)
+                if failures == 1:
+                    logger.error("Redis Cluster listener lost its connection (%s); reconnecting", e)
+                    self._refresh_slots()
+                backend._stop.wait(delay)
+            except Exception:  # pragma: no cover - a bug must not end delivery
+                logger.exception("Redis Cluster listener failed; restarting it")
+                backend._stop.wait(backend.max_backoff)
+            finally:
+                self.connected = False
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):  # closing a broken socket
+                        pubsub.close()
+
+    def _refresh_slots(self) -> None:
+        with contextlib.suppress(Exception):  # the next attempt tells
+            self.backend.cluster().nodes_manager.initialize()
+
+    def _subscribe(self, client: redis.Redis[bytes], pubsub: t.Any) -> None:
+        backend = self.backend
+        for channel in self._by_channel:  # one slot per SSUBSCRIBE
+            pubsub.ssubscribe(channel)
+        confirmed = 0
+        deadline = time.monotonic() + backend.socket_timeout + backend.connect_timeout
+        while confirmed < len(self._by_channel):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise redis.TimeoutError("no subscription confirmation from Redis")
+            message = pubsub.get_sharded_message(timeout=left)
+            if message is not None and message["type"] == "ssubscribe":
+                confirmed += 1
+            elif message is not None:
+                self._handle(message)
+        self._catch_up(client)
+        self.connected = True
+        self.ready.set()
+
+    def _catch_up(self, client: redis.Redis[bytes]) -> None:
+        backend = self.backend
+        pipe = client.pipeline(transaction=False)
+        for p in self.partitions:
+            pipe.get(p.last)
+            start = backend.position(p.index)
+            pipe.xrange(p.stream, min="(" + format_event_id(start) if start else "+", max="+")
+            pipe.xinfo_stream(p.stream)
+        results = pipe.execute(raise_on_error=False)
+        for i, p in enumerate(self.partitions):
+            raw_head, entries, info = results[3 * i : 3 * i + 3]
+            for result in (raw_head, entries):
+                if isinstance(result, Exception):
+                    raise result
+            head = parse_event_id(text(raw_head)) if raw_head is not None else None
+            position = backend.position(p.index)
+            if position is None:
+                backend.set_position(p.index, head or ORIGIN)
+                continue
+            if head is None or head < position:
+                logger.warning("partition %d lost its history (a primary restarted empty?)", p.index)
+                continue
+            if not isinstance(info, Exception):
+                deleted = parse_event_id(text(info.get("max-deleted-entry-id", "0-0")))
+                if deleted is not None and deleted > position:
+                    backend.set_position(p.index, head)
+                    backend.on_gap(p.index)
+                    continue
+            for entry_id, fields in entries:
+                self._deliver_entry(p.index, entry_id, fields)
+
+    def _deliver_entry(self, index: int, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        seq = parse_event_id(text(entry_id))
+        if seq is None:
+            return
+        kind = Audience(fields[b"k"].decode())
+        target = fields[b"t"].decode() if kind is not Audience.ALL else None
+        self.backend.deliver(index, seq, kind, target, fields[b"b"])
+
+    def _listen(self, pubsub: t.Any) -> None:
+        backend = self.backend
+        last_seen = next_ping = time.monotonic()
+        while not backend._stop.is_set():
+            message = pubsub.get_sharded_message(timeout=backend.poll_interval)
+            now = time.monotonic()
+            if message is not None:
+                last_seen = now
+                self._handle(message)
+            if now >= next_ping:
+                if now - last_seen > backend.refresh_interval * 2 + backend.socket_timeout:
+                    raise redis.ConnectionError("Redis stopped answering the listener's pings")
+                pubsub.ping()
+                next_ping = now + backend.refresh_interval
+
+    def _handle(self, message: dict[str, t.Any]) -> None:
+        if message["type"] == "pong" or message["type"] not in ("smessage", "message"):
+            return
+        partition = self._by_channel.get(message["channel"])
+        data = message["data"]
+        if partition is None or not isinstance(data, bytes):
+            return
+        try:
+            if data[:2] == b"E ":
+                _, raw_id, audience, length, rest = data.split(b" ", 4)
+                size = int(length)
+                seq = parse_event_id(raw_id.decode())
+                if seq is None:
+                    raise ValueError(f"malformed event id {raw_id!r}")
+                kind = Audience(audience.decode())
+                target = rest[:size].decode() if kind is not Audience.ALL else None
+                self.backend.deliver(partition.index, seq, kind, target, rest[size:])
+            elif data[:2] == b"C ":
+                control = json.loads(data[2:])
+                if not isinstance(control, dict):
+                    raise TypeError("a control message must be a JSON object")
+                self.backend.apply_control(control)
+        except (ValueError, KeyError, TypeError) as e:
+            logger.warning("ignored a malformed message from Redis: %r (%s)", data[:200], e)
+
+
+def _error(what: str, error: BaseException) -> BackendError:
+    return BackendError(f"Redis Cluster backend: {what}: {error}")
