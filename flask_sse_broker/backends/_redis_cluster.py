@@ -381,8 +381,7 @@ class RedisClusterBackend(Backend):
                 raise entries
             if start == ORIGIN:
                 info = next(results)
-                trimmed = isinstance(info, Exception) or text(info.get("max-deleted-entry-id")) != "0-0"
-                if trimmed:
+                if isinstance(info, Exception) or not _untrimmed(info):
                     return None
             elif not entries or text(entries[0][0]) != format_event_id(start):
                 return None
@@ -509,6 +508,12 @@ class RedisClusterBackend(Backend):
         }
 
 
+def _untrimmed(info: dict[t.Any, t.Any]) -> bool:
+    """Whether a stream (its ``XINFO STREAM``) still holds every entry ever
+    added. Trimming leaves ``max-deleted-entry-id`` alone: count instead."""
+    return bool(info.get("entries-added") == info.get("length"))
+
+
 def _covers(positions: list[Seq], want: list[Seq]) -> bool:
     return all(have >= need for have, need in zip(positions, want, strict=True))
 
@@ -555,7 +560,8 @@ class _Reader:
                 delay = backoff.compute(failures)
                 if failures == 1:
                     logger.error("Redis Cluster listener lost its connection (%s); reconnecting", e)
-                    self._refresh_slots()
+                elif failures % 5 == 0:
+                    self._refresh_slots()  # a failover may have moved the slots
                 backend._stop.wait(delay)
             except Exception:  # pragma: no cover - a bug must not end delivery
                 logger.exception("Redis Cluster listener failed; restarting it")
@@ -595,7 +601,7 @@ class _Reader:
         for p in self.partitions:
             pipe.get(p.last)
             start = backend.position(p.index)
-            pipe.xrange(p.stream, min="(" + format_event_id(start) if start else "+", max="+")
+            pipe.xrange(p.stream, min=format_event_id(start) if start else "+", max="+")
             pipe.xinfo_stream(p.stream)
         results = pipe.execute(raise_on_error=False)
         for i, p in enumerate(self.partitions):
@@ -609,14 +615,26 @@ class _Reader:
                 backend.set_position(p.index, head or ORIGIN)
                 continue
             if head is None or head < position:
-                logger.warning("partition %d lost its history (a primary restarted empty?)", p.index)
+                continue  # nothing newer (after a restart without data, too)
+            if position == head:
                 continue
-            if not isinstance(info, Exception):
-                deleted = parse_event_id(text(info.get("max-deleted-entry-id", "0-0")))
-                if deleted is not None and deleted > position:
-                    backend.set_position(p.index, head)
-                    backend.on_gap(p.index)
-                    continue
+            # The position's own entry must still be there (the stream keeps
+            # one more than history_size for that): else events after it
+            # were trimmed before this process delivered them.
+            untrimmed = not isinstance(info, Exception) and _untrimmed(info)
+            if entries and text(entries[0][0]) == format_event_id(position):
+                entries, lost = entries[1:], False
+            elif untrimmed and position != ORIGIN:
+                # A new stream (a primary restarted without its data): what
+                # it lost is lost for everyone; follow the new one.
+                logger.warning("partition %d restarted without its history; following it", p.index)
+                lost = False
+            else:
+                lost = not untrimmed
+            if lost:
+                backend.set_position(p.index, head)
+                backend.on_gap(p.index)
+                continue
             for entry_id, fields in entries:
                 self._deliver_entry(p.index, entry_id, fields)
 
