@@ -140,6 +140,9 @@ class RedisClusterBackend(Backend):
     #: Seconds a resuming stream waits for this process's listener to reach
     #: the positions of its cursor (written by a process ahead of this one).
     catch_up_wait = 2.0
+    #: Connections per primary for publishing; callers beyond wait their turn.
+    pool_size = 8
+    pool_timeout = 20.0
 
     def __init__(self, url: str, history_size: int = 1000, prefix: str = "flask_sse") -> None:
         if "{" in prefix or "}" in prefix:
@@ -161,6 +164,9 @@ class RedisClusterBackend(Backend):
         self._counter = 0
         self._stop = threading.Event()
         self._readers: list[_Reader] = []
+        #: Per partition, the publish script bound to its primary's client.
+        self._routes: list[t.Any] = [None] * PARTITIONS
+        self._nodes: dict[tuple[str, int], redis.Redis[bytes]] = {}
 
     # -- connection ------------------------------------------------------------
 
@@ -204,7 +210,6 @@ class RedisClusterBackend(Backend):
             raise BackendError(
                 f"redis_cluster needs Redis 7 or later (sharded pub/sub); {self.url} runs {version}"
             )
-        self._publish_script = client.register_script(PUBLISH_SCRIPT)
         return client
 
     def owner(self, partition: Partition) -> tuple[str, int]:
@@ -244,6 +249,7 @@ class RedisClusterBackend(Backend):
         client, self._client = self._client, None
         if client is not None:
             client.close()
+        self._forget_routes(refresh=False)
 
     def reset_after_fork(self) -> None:
         self._init_process()
@@ -272,16 +278,56 @@ class RedisClusterBackend(Backend):
             maxlen, how = self.history_size + 1, "~"  # +1: the cursor's own entry stays
         else:
             maxlen, how = 0, "="
-        client = self.cluster()
+        keys = [partition.stream, partition.last, partition.published(key), partition.channel]
+        args = [how, audience.value, target or "", body, maxlen, int(self.idempotency_ttl * 1000)]
         try:
-            event_id = self._publish_script(
-                keys=[partition.stream, partition.last, partition.published(key), partition.channel],
-                args=[how, audience.value, target or "", body, maxlen, int(self.idempotency_ttl * 1000)],
-                client=client,
-            )
+            try:
+                event_id = self._run_script(partition, keys, args)
+            except (redis.ConnectionError, redis.ResponseError) as e:
+                # A pooled connection that died with a restarted primary, or a
+                # slot that moved (MOVED): once more on a fresh route, safe
+                # under the same idempotency key. Not after a timeout.
+                if isinstance(e, redis.ResponseError) and not str(e).startswith("MOVED"):
+                    raise
+                self._forget_routes(refresh=isinstance(e, redis.ResponseError))
+                event_id = self._run_script(partition, keys, args)
         except _Errors as e:
             raise _error(f"publishing to partition {partition.index} failed", e) from e
         return f"{partition.index}:{text(event_id)}"
+
+    def _run_script(self, partition: Partition, keys: list[str], args: list[t.Any]) -> t.Any:
+        """The publish script on the primary holding ``partition``, through a
+        plain client of that node: the cluster client's per-command routing
+        would cost more CPU than the publish itself."""
+        route = self._routes[partition.index]
+        if route is None:
+            address = self.owner(partition)
+            node = self._nodes.get(address)
+            if node is None:
+                node = self._nodes[address] = self._node_client(*address)
+            route = self._routes[partition.index] = node.register_script(PUBLISH_SCRIPT)
+        return route(keys=keys, args=args)
+
+    def _node_client(self, host: str, port: int) -> redis.Redis[bytes]:
+        pool = redis.BlockingConnectionPool(
+            host=host,
+            port=port,
+            max_connections=self.pool_size,
+            timeout=self.pool_timeout,
+            socket_timeout=self.socket_timeout,
+            socket_connect_timeout=self.connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            client_name=f"{self.prefix}:{self.node}",
+        )
+        return redis.Redis(connection_pool=pool)
+
+    def _forget_routes(self, *, refresh: bool) -> None:
+        self._routes = [None] * PARTITIONS
+        nodes, self._nodes = self._nodes, {}
+        for node in nodes.values():
+            node.connection_pool.disconnect()
+        if refresh:
+            self.cluster().nodes_manager.initialize()
 
     def publish_batch(self, items: t.Sequence[tuple[Audience, str | None, bytes]]) -> list[tuple[str, int]]:
         """Publish the items one by one, in order. Not atomic across
