@@ -14,7 +14,7 @@ import typing as t
 
 import pytest
 
-from flask_sse_broker import BackendError, SSEBroker, SSEConfig
+from flask_sse_broker import BackendError, BrokerUnavailable, SSEBroker, SSEConfig
 from flask_sse_broker._wire import MAX_ID_LENGTH, Audience
 from flask_sse_broker.backends._cluster_cursor import PARTITIONS, encode_cursor, parse_cursor
 from flask_sse_broker.backends._redis_cluster import RedisClusterBackend, partition_of
@@ -78,6 +78,9 @@ def test_a_server_that_is_not_a_cluster_is_a_clear_error() -> None:
     broker = SSEBroker(SSEConfig(redis_url=SHARED_URL, redis_cluster=True, redis_prefix=new_prefix()))
     with pytest.raises(BackendError, match="is not a Redis Cluster node"):
         broker.broadcast_to_topic("t", "x")
+    with pytest.raises(BrokerUnavailable):
+        broker.open_stream(topics=["t"])
+    broker.shutdown(timeout=1)
 
 
 # -- cursor ids ----------------------------------------------------------------
