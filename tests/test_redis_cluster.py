@@ -126,6 +126,13 @@ def test_bad_cursor_ids_are_refused_over_http_and_leave_the_server_working(
     for bad in ["1-0", "." * PARTITIONS, "0" + ".\u00e9" * PARTITIONS, "z" * 14 + "." * PARTITIONS]:
         status, _ = http_request("GET", connect_url(srv, topics="t"), headers={"Last-Event-ID": bad})
         assert status == 400, bad
+    # A well-formed cursor from the future (or another cluster): reset, at once.
+    future = encode_cursor([(int(time.time() * 1000) + 86400_000, 7)] * PARTITIONS)
+    started = time.monotonic()
+    with EventReader(connect_url(srv, topics="t"), headers={"Last-Event-ID": future}) as reader:
+        reader.connected()
+        assert reader.next().event == "reset"
+        assert time.monotonic() - started < 1.5
     with EventReader(connect_url(srv, topics="t")) as reader:
         reader.connected()
         srv.publish("t", "still fine")
@@ -211,7 +218,7 @@ def test_a_primary_killed_and_restarted(
 ) -> None:
     prefix = new_prefix()
     (down_topic, node), (up_topic, _) = topics_on_shards(redis_cluster, prefix)
-    srv = make_server("gthread", config=cluster_config(redis_cluster, prefix))
+    srv = make_server("gevent", config=cluster_config(redis_cluster, prefix))
     reader = EventReader(connect_url(srv, topics=f"{down_topic},{up_topic}"))
     reader.connected()
     srv.publish(down_topic, "before")

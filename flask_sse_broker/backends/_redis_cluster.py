@@ -397,13 +397,19 @@ class RedisClusterBackend(Backend):
     def _wait_positions(self, want: list[Seq]) -> tuple[list[Seq], int] | None:
         """Wait (briefly) for the listener to reach ``want``: a cursor written
         by a process whose listener is ahead of this one's."""
+        try:
+            heads = self._heads()
+        except _Errors as e:
+            raise BrokerUnavailable(f"the Redis Cluster is unreachable: {e}", retry_after=5) from e
+        if not _covers(heads, want):
+            return self._snapshot()  # from the future or another cluster: reset at once
         deadline = time.monotonic() + self.catch_up_wait
         while time.monotonic() < deadline:
             snapshot = self._snapshot()
             if snapshot is not None and _covers(snapshot[0], want):
                 return snapshot
             time.sleep(0.01)
-        return self._snapshot()  # still behind: a cursor from the future, reset
+        return self._snapshot()  # still behind: reset rather than hold the request
 
     def _read_missed(self, want: list[Seq], positions: list[Seq]) -> list[tuple[int, list[t.Any]]] | None:
         """The entries of each partition after ``want`` up to ``positions``;
