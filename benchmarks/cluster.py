@@ -6,7 +6,7 @@
 For each setup, ``--publishers`` processes each make a broker and call
 ``broadcast_to_topic`` (the library's publish: the Lua script, ``XADD`` and
 ``(S)PUBLISH``) in a loop for ``--seconds``, round-robin over ``--topics``
-topics, with a 100-byte payload. Setups:
+topics, with a ``--payload``-byte payload (100). Setups:
 
 ``redis``
     one plain ``redis-server`` and the single-Redis backend (the baseline);
@@ -46,24 +46,24 @@ from tests.redis_support import RedisServer
 
 from .servers import cpu_seconds
 
-PAYLOAD = "x" * 100
-
 
 def _publisher(
-    url: str, cluster: bool, topics: int, seconds: float, start: t.Any, counts: t.Any, index: int
+    url: str, cluster: bool, args: argparse.Namespace, start: t.Any, counts: t.Any, index: int
 ) -> None:
     from flask_sse_broker import SSEBroker, SSEConfig
 
     broker = SSEBroker(
         SSEConfig(redis_url=url, redis_cluster=cluster, redis_prefix="bench-cluster", heartbeat_interval=0)
     )
+    topics = args.topics
     names = [f"topic-{i}" for i in range(topics)]
-    broker.broadcast_to_topic(names[0], PAYLOAD)  # connect before the clock starts
+    payload = "x" * args.payload
+    broker.broadcast_to_topic(names[0], payload)  # connect before the clock starts
     start.wait()
-    deadline = time.monotonic() + seconds
+    deadline = time.monotonic() + args.seconds
     sent = 0
     while time.monotonic() < deadline:
-        broker.broadcast_to_topic(names[sent % topics], PAYLOAD)
+        broker.broadcast_to_topic(names[sent % topics], payload)
         sent += 1
     counts[index] = sent
 
@@ -73,7 +73,7 @@ def _run_once(url: str, cluster: bool, server_pids: list[int], args: argparse.Na
     start = ctx.Event()
     counts = ctx.Array("l", args.publishers)
     procs = [
-        ctx.Process(target=_publisher, args=(url, cluster, args.topics, args.seconds, start, counts, i))
+        ctx.Process(target=_publisher, args=(url, cluster, args, start, counts, i))
         for i in range(args.publishers)
     ]
     for p in procs:
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--publishers", type=int, default=4)
     parser.add_argument("--topics", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--payload", type=int, default=100, help="bytes of data per event")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args(argv)
