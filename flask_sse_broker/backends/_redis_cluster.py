@@ -46,9 +46,6 @@ process also receives events it has no recipient for.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import json
 import os
 import random
 import secrets
@@ -56,70 +53,24 @@ import socket
 import threading
 import time
 import typing as t
-import zlib
 
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from .._backoff import EqualJitterBackoff
 from .._wire import Audience, Envelope, Seq, format_event_id, frame, parse_event_id
-from ..exceptions import BackendError, BrokerUnavailable, ClientNotFound, TooManyTopics
+from ..exceptions import BackendError, BrokerUnavailable
 from ._cluster_cursor import ORIGIN, PARTITIONS, encode_cursor, parse_cursor
+from ._redis_cluster_keys import PUBLISH_SCRIPT, Partition, partition_of
+from ._redis_cluster_listener import ERRORS as _Errors
+from ._redis_cluster_listener import Reader as _Reader
+from ._redis_cluster_listener import never_trimmed as _untrimmed
 from ._redis_keys import encode_control, text
 from .base import Backend, Replay, logger
 
 __all__ = ["PARTITIONS", "RedisClusterBackend"]
-
-#: As the single-Redis script, with ``SPUBLISH`` on the partition's own
-#: channel (KEYS[4], declared: same slot). KEYS[3]: the idempotency key.
-PUBLISH_SCRIPT = """
-local seen = redis.call('GET', KEYS[3])
-if seen then
-  return seen
-end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[5], '*',
-                      'k', ARGV[2], 't', ARGV[3], 'b', ARGV[4])
-redis.call('SET', KEYS[2], id)
-redis.call('SET', KEYS[3], id, 'PX', ARGV[6])
-redis.call('SPUBLISH', KEYS[4],
-           'E ' .. id .. ' ' .. ARGV[2] .. ' ' .. string.len(ARGV[3]) .. ' ' .. ARGV[3] .. ARGV[4])
-return id
-"""
-
-_SLOTS = 16384
-_Errors = (redis.RedisError, RedisClusterException, OSError)
-
-
-class Partition:
-    """One partition's keys, all under one hash tag (one slot)."""
-
-    __slots__ = ("channel", "index", "last", "stream", "tag")
-
-    def __init__(self, prefix: str, index: int) -> None:
-        low, high = index * _SLOTS // PARTITIONS, (index + 1) * _SLOTS // PARTITIONS
-        for n in itertools.count():
-            tag = f"{prefix}:{index}.{n}"
-            if low <= key_slot(tag.encode()) < high:
-                break
-        self.index = index
-        self.tag = "{" + tag + "}"
-        self.stream = f"{self.tag}:stream"
-        self.last = f"{self.tag}:last"
-        self.channel = f"{self.tag}:events"
-
-    def published(self, idempotency_key: str) -> str:
-        return f"{self.tag}:published:{idempotency_key}"
-
-
-def partition_of(audience: Audience, target: str | None) -> int:
-    """The partition of an event: broadcasts in 0, the rest by a stable hash."""
-    if audience is Audience.ALL:
-        return 0
-    return 1 + zlib.crc32(f"{audience.value}:{target}".encode()) % (PARTITIONS - 1)
 
 
 class RedisClusterBackend(Backend):
@@ -532,26 +483,6 @@ class RedisClusterBackend(Backend):
         self._control("revoke", client_id, (topic,), index)
         return len(self.hub.revoke(topic, client_id)[0])
 
-    def apply_control(self, message: dict[str, t.Any]) -> None:
-        """A control message from another process (a listener thread)."""
-        if message.get("node") == self.node:
-            return
-        client_id, op, hub = message["client"], message["op"], self.hub
-        try:
-            if op == "revoke":
-                for topic in message["topics"]:
-                    hub.revoke(topic, client_id)
-            elif op == "subscribe":
-                hub.subscribe(client_id, message["topics"])
-            elif op == "unsubscribe":
-                hub.unsubscribe(client_id, message["topics"])
-            elif op == "disconnect":
-                hub.disconnect(client_id)
-        except ClientNotFound:
-            pass  # the client lives elsewhere
-        except TooManyTopics as e:
-            logger.warning("subscribe of client %r refused here: %s", client_id, e)
-
     def debug_state(self) -> dict[str, t.Any]:
         return {
             "positions": [format_event_id(p) if p else None for p in self._positions],
@@ -560,183 +491,8 @@ class RedisClusterBackend(Backend):
         }
 
 
-def _untrimmed(info: dict[t.Any, t.Any]) -> bool:
-    """Whether a stream (its ``XINFO STREAM``) still holds every entry ever
-    added. Trimming leaves ``max-deleted-entry-id`` alone: count instead."""
-    return bool(info.get("entries-added") == info.get("length"))
-
-
 def _covers(positions: list[Seq], want: list[Seq]) -> bool:
     return all(have >= need for have, need in zip(positions, want, strict=True))
-
-
-class _Reader:
-    """One listener thread: the partitions one primary holds, over one
-    sharded pub/sub connection; catches up from the streams on every
-    (re)subscribe, reconnects with backoff."""
-
-    def __init__(self, backend: RedisClusterBackend, partitions: list[Partition]) -> None:
-        self.backend = backend
-        self.partitions = partitions
-        self.ready = threading.Event()
-        self.connected = False
-        self._by_channel = {p.channel.encode(): p for p in partitions}
-        self.thread = threading.Thread(target=self._run, name="sse-redis-cluster-listener", daemon=True)
-
-    def _run(self) -> None:
-        backend = self.backend
-        backoff = EqualJitterBackoff(backend.min_backoff, backend.max_backoff)
-        failures = 0
-        while not backend._stop.is_set():
-            pubsub = None
-            try:
-                host, port = backend.owner(self.partitions[0])
-                client = redis.Redis(
-                    host=host,
-                    port=port,
-                    socket_timeout=backend.socket_timeout,
-                    socket_connect_timeout=backend.connect_timeout,
-                    retry=Retry(NoBackoff(), 0),
-                )
-                pubsub = client.pubsub()
-                self._subscribe(client, pubsub)
-                if failures:
-                    logger.warning("Redis Cluster listener reconnected to %s:%d", host, port)
-                failures = 0
-                self._listen(pubsub)
-            except (*_Errors, BackendError) as e:
-                self.connected = False
-                failures += 1
-                if backend._stop.is_set():
-                    break
-                delay = backoff.compute(failures)
-                if failures == 1:
-                    logger.error("Redis Cluster listener lost its connection (%s); reconnecting", e)
-                elif failures % 5 == 0:
-                    self._refresh_slots()  # a failover may have moved the slots
-                backend._stop.wait(delay)
-            except Exception:  # pragma: no cover - a bug must not end delivery
-                logger.exception("Redis Cluster listener failed; restarting it")
-                backend._stop.wait(backend.max_backoff)
-            finally:
-                self.connected = False
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):  # closing a broken socket
-                        pubsub.close()
-
-    def _refresh_slots(self) -> None:
-        with contextlib.suppress(Exception):  # the next attempt tells
-            self.backend.cluster().nodes_manager.initialize()
-
-    def _subscribe(self, client: redis.Redis[bytes], pubsub: t.Any) -> None:
-        backend = self.backend
-        for channel in self._by_channel:  # one slot per SSUBSCRIBE
-            pubsub.ssubscribe(channel)
-        confirmed = 0
-        deadline = time.monotonic() + backend.socket_timeout + backend.connect_timeout
-        while confirmed < len(self._by_channel):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise redis.TimeoutError("no subscription confirmation from Redis")
-            message = pubsub.get_sharded_message(timeout=left)
-            if message is not None and message["type"] == "ssubscribe":
-                confirmed += 1
-            elif message is not None:
-                self._handle(message)
-        self._catch_up(client)
-        self.connected = True
-        self.ready.set()
-
-    def _catch_up(self, client: redis.Redis[bytes]) -> None:
-        backend = self.backend
-        pipe = client.pipeline(transaction=False)
-        for p in self.partitions:
-            pipe.get(p.last)
-            start = backend.position(p.index)
-            pipe.xrange(p.stream, min=format_event_id(start) if start else "+", max="+")
-            pipe.xinfo_stream(p.stream)
-        results = pipe.execute(raise_on_error=False)
-        for i, p in enumerate(self.partitions):
-            raw_head, entries, info = results[3 * i : 3 * i + 3]
-            for result in (raw_head, entries):
-                if isinstance(result, Exception):
-                    raise result
-            head = parse_event_id(text(raw_head)) if raw_head is not None else None
-            position = backend.position(p.index)
-            if position is None:
-                backend.set_position(p.index, head or ORIGIN)
-                continue
-            if head is None or head < position:
-                continue  # nothing newer (after a restart without data, too)
-            if position == head:
-                continue
-            # The position's own entry must still be there (the stream keeps
-            # one more than history_size for that): else events after it
-            # were trimmed before this process delivered them.
-            untrimmed = not isinstance(info, Exception) and _untrimmed(info)
-            if entries and text(entries[0][0]) == format_event_id(position):
-                entries, lost = entries[1:], False
-            elif untrimmed and position != ORIGIN:
-                # A new stream (a primary restarted without its data): what
-                # it lost is lost for everyone; follow the new one.
-                logger.warning("partition %d restarted without its history; following it", p.index)
-                lost = False
-            else:
-                lost = not untrimmed
-            if lost:
-                backend.set_position(p.index, head)
-                backend.on_gap(p.index)
-                continue
-            for entry_id, fields in entries:
-                self._deliver_entry(p.index, entry_id, fields)
-
-    def _deliver_entry(self, index: int, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        seq = parse_event_id(text(entry_id))
-        if seq is None:
-            return
-        kind = Audience(fields[b"k"].decode())
-        target = fields[b"t"].decode() if kind is not Audience.ALL else None
-        self.backend.deliver(index, seq, kind, target, fields[b"b"])
-
-    def _listen(self, pubsub: t.Any) -> None:
-        backend = self.backend
-        last_seen = next_ping = time.monotonic()
-        while not backend._stop.is_set():
-            message = pubsub.get_sharded_message(timeout=backend.poll_interval)
-            now = time.monotonic()
-            if message is not None:
-                last_seen = now
-                self._handle(message)
-            if now >= next_ping:
-                if now - last_seen > backend.refresh_interval * 2 + backend.socket_timeout:
-                    raise redis.ConnectionError("Redis stopped answering the listener's pings")
-                pubsub.ping()
-                next_ping = now + backend.refresh_interval
-
-    def _handle(self, message: dict[str, t.Any]) -> None:
-        if message["type"] == "pong" or message["type"] not in ("smessage", "message"):
-            return
-        partition = self._by_channel.get(message["channel"])
-        data = message["data"]
-        if partition is None or not isinstance(data, bytes):
-            return
-        try:
-            if data[:2] == b"E ":
-                _, raw_id, audience, length, rest = data.split(b" ", 4)
-                size = int(length)
-                seq = parse_event_id(raw_id.decode())
-                if seq is None:
-                    raise ValueError(f"malformed event id {raw_id!r}")
-                kind = Audience(audience.decode())
-                target = rest[:size].decode() if kind is not Audience.ALL else None
-                self.backend.deliver(partition.index, seq, kind, target, rest[size:])
-            elif data[:2] == b"C ":
-                control = json.loads(data[2:])
-                if not isinstance(control, dict):
-                    raise TypeError("a control message must be a JSON object")
-                self.backend.apply_control(control)
-        except (ValueError, KeyError, TypeError) as e:
-            logger.warning("ignored a malformed message from Redis: %r (%s)", data[:200], e)
 
 
 def _error(what: str, error: BaseException) -> BackendError:
