@@ -210,6 +210,40 @@ def test_a_client_resumes_on_the_other_process_with_nothing_lost_on_any_shard(
         assert again.drain() == []
 
 
+def test_presence_sessions_and_subscriptions_are_cluster_wide(
+    redis_cluster: LocalCluster, make_server: t.Callable[..., Server]
+) -> None:
+    prefix = new_prefix()
+    (t1, _), (t2, _) = topics_on_shards(redis_cluster, prefix)
+    one = make_server("gthread", config=cluster_config(redis_cluster, prefix))
+    two = make_server("werkzeug", config=cluster_config(redis_cluster, prefix))
+    a = EventReader(connect_url(one, topics=t1))
+    hello = a.connected()
+    # A subscribe landing on the other process reaches the stream.
+    assert two.post("/_sse/subscribe", {"token": hello["token"], "topics": [t2]})["topics"] == sorted(
+        [t1, t2]
+    )
+    two.publish(t2, "via two")
+    assert a.next().json() == "via two"
+    observer = broker_on(redis_cluster, prefix)
+    try:
+        assert observer.is_connected(hello["clientId"])
+        assert observer.clients_by_topic(t2, cluster=True) == [hello["clientId"]]
+        last = a.last_event_id
+        a.close()
+        wait_for(lambda: not observer.is_connected(hello["clientId"]), 10, what="the client to leave")
+        one.publish(t1, "away-1")
+        one.publish(t2, "away-2")
+        # Back on the other process with its token and last id only: its
+        # topics come from the session the first process left in Redis.
+        with EventReader(connect_url(two, token=hello["token"]), headers={"Last-Event-ID": last}) as b:
+            assert b.connected()["topics"] == sorted([t1, t2])
+            assert sorted(e.json() for e in b.take(2)) == ["away-1", "away-2"]
+            assert observer.client_count(cluster=True) == 1
+    finally:
+        observer.shutdown(timeout=1)
+
+
 # -- failures ------------------------------------------------------------------
 
 

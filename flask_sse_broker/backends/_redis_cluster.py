@@ -67,13 +67,14 @@ from ._redis_cluster_keys import PUBLISH_SCRIPT, Partition, partition_of
 from ._redis_cluster_listener import ERRORS as _Errors
 from ._redis_cluster_listener import Reader as _Reader
 from ._redis_cluster_listener import never_trimmed as _untrimmed
+from ._redis_cluster_presence import ClusterBackplane
 from ._redis_keys import encode_control, text
-from .base import Backend, Replay, logger
+from .base import Replay, logger
 
 __all__ = ["PARTITIONS", "RedisClusterBackend"]
 
 
-class RedisClusterBackend(Backend):
+class RedisClusterBackend(ClusterBackplane):
     """Carries events between processes through a Redis Cluster (see the module).
 
     :param url: any node of the cluster (``redis://host:port``).
@@ -118,6 +119,7 @@ class RedisClusterBackend(Backend):
         #: Per partition, the publish script bound to its primary's client.
         self._routes: list[t.Any] = [None] * PARTITIONS
         self._nodes: dict[tuple[str, int], redis.Redis[bytes]] = {}
+        self._presence = None
 
     # -- connection ------------------------------------------------------------
 
@@ -163,10 +165,11 @@ class RedisClusterBackend(Backend):
             )
         return client
 
-    def owner(self, partition: Partition) -> tuple[str, int]:
-        node = self.cluster().get_node_from_key(partition.channel)
+    def owner(self, key: str) -> tuple[str, int]:
+        """The primary holding ``key``'s slot (as the cluster client last saw)."""
+        node = self.cluster().get_node_from_key(key)
         if node is None:
-            raise BackendError(f"Redis Cluster backend: no node holds partition {partition.index}")
+            raise BackendError(f"Redis Cluster backend: no node holds {key!r}")
         return str(node.host), int(node.port)
 
     # -- lifecycle -------------------------------------------------------------
@@ -180,7 +183,7 @@ class RedisClusterBackend(Backend):
         groups: dict[tuple[str, int], list[Partition]] = {}
         try:
             for p in self.partitions:
-                groups.setdefault(self.owner(p), []).append(p)
+                groups.setdefault(self.owner(p.channel), []).append(p)
         except BackendError as e:
             logger.error("Redis Cluster unreachable at start (%s); listening per partition", e)
             groups = {("?", p.index): [p] for p in self.partitions}
@@ -193,6 +196,7 @@ class RedisClusterBackend(Backend):
 
     def close(self) -> None:
         self._stop.set()
+        self.close_presence()
         readers, self._readers = self._readers, []
         for reader in readers:
             if reader.thread is not threading.current_thread():
@@ -252,7 +256,7 @@ class RedisClusterBackend(Backend):
         would cost more CPU than the publish itself."""
         route = self._routes[partition.index]
         if route is None:
-            address = self.owner(partition)
+            address = self.owner(partition.channel)
             node = self._nodes.get(address)
             if node is None:
                 node = self._nodes[address] = self._node_client(*address)
@@ -455,33 +459,6 @@ class RedisClusterBackend(Backend):
             self.cluster().spublish(partition.channel, encode_control(op, client_id, topics, self.node))
         except _Errors as e:
             raise _error(f"{op} of client {client_id!r} failed", e) from e
-
-    def subscribe(self, client_id: str, topics: t.Collection[str]) -> frozenset[str]:
-        return self._change_topics("subscribe", client_id, topics)
-
-    def unsubscribe(self, client_id: str, topics: t.Collection[str]) -> frozenset[str]:
-        return self._change_topics("unsubscribe", client_id, topics)
-
-    def _change_topics(self, op: str, client_id: str, topics: t.Collection[str]) -> frozenset[str]:
-        """Apply here, and tell every process (a client known nowhere here is
-        assumed to live elsewhere: presence is per process on a cluster)."""
-        current = self.hub.topics_of(client_id, sessions=True)
-        self._control(op, client_id, topics)
-        if current is None:
-            return frozenset(topics) if op == "subscribe" else frozenset()
-        change = self.hub.subscribe if op == "subscribe" else self.hub.unsubscribe
-        return change(client_id, topics)
-
-    def disconnect(self, client_id: str) -> int:
-        self._control("disconnect", client_id)
-        return self.hub.disconnect(client_id)
-
-    def revoke(self, topic: str, client_id: str | None) -> int:
-        """Tell every process, on the topic's own partition (so in order with
-        its events) for a plain topic, on partition 0 for a pattern."""
-        index = 0 if "*" in topic else partition_of(Audience.TOPIC, topic)
-        self._control("revoke", client_id, (topic,), index)
-        return len(self.hub.revoke(topic, client_id)[0])
 
     def debug_state(self) -> dict[str, t.Any]:
         return {

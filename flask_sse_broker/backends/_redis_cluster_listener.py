@@ -77,6 +77,8 @@ class Reader:
         self.ready = threading.Event()
         self.connected = False
         self._by_channel = {p.channel.encode(): p for p in partitions}
+        #: The reader of partition 0 refreshes the process's presence.
+        self._refreshes = any(p.index == 0 for p in partitions)
         self.thread = threading.Thread(target=self._run, name="sse-redis-cluster-listener", daemon=True)
 
     def _run(self) -> None:
@@ -86,7 +88,7 @@ class Reader:
         while not backend._stop.is_set():
             pubsub = None
             try:
-                host, port = backend.owner(self.partitions[0])
+                host, port = backend.owner(self.partitions[0].channel)
                 client = redis.Redis(
                     host=host,
                     port=port,
@@ -207,6 +209,8 @@ class Reader:
                 if now - last_seen > backend.refresh_interval * 2 + backend.socket_timeout:
                     raise redis.ConnectionError("Redis stopped answering the listener's pings")
                 pubsub.ping()
+                if self._refreshes:
+                    backend.refresh_presence()
                 next_ping = now + backend.refresh_interval
 
     def _handle(self, message: dict[str, t.Any]) -> None:
