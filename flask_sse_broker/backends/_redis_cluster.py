@@ -37,9 +37,9 @@ stream to drop live events up to that counter (``Replay.skip``).
 connection may see topic B's event before topic A's one published just
 before it); a ``publish_batch`` is not atomic across partitions; a
 subscribe, disconnect or revoke from another process is applied when its
-control message arrives, not ordered with events on other partitions;
-presence (``client_count``, ``clients_by_topic``, ``is_connected``) and
-remembered sessions are per process. Every process reads every partition
+control message arrives, not ordered with events on other partitions.
+Presence and sessions (``_redis_cluster_presence.py``) are the single-Redis
+ones, kept on one primary. Every process reads every partition
 (one pub/sub connection per primary), so unlike the single-Redis backend a
 process also receives events it has no recipient for.
 """
