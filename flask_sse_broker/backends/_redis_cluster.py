@@ -63,13 +63,21 @@ from redis.retry import Retry
 from .._wire import Audience, Envelope, Seq, format_event_id, frame, parse_event_id
 from ..exceptions import BackendError, BrokerUnavailable
 from ._cluster_cursor import ORIGIN, PARTITIONS, encode_cursor, parse_cursor
-from ._redis_cluster_keys import PUBLISH_SCRIPT, Partition, partition_of
+from ._redis_channels import is_pattern_key
+from ._redis_cluster_keys import PUBLISH_SCRIPT, Partition, channel_of, partition_of
 from ._redis_cluster_listener import ERRORS as _Errors
 from ._redis_cluster_listener import Reader as _Reader
 from ._redis_cluster_listener import never_trimmed as _untrimmed
 from ._redis_cluster_presence import ClusterBackplane
-from ._redis_keys import encode_control, text
+from ._redis_cluster_routes import ClusterChannels, ClusterKeys, Listening
+from ._redis_keys import text
+from ._redis_routes import Routes
 from .base import Replay, logger
+
+if t.TYPE_CHECKING:
+    from .._hub import Hub
+    from ._redis_keys import RedisKeys
+    from ._redis_listener import RedisListener
 
 __all__ = ["PARTITIONS", "RedisClusterBackend"]
 
@@ -120,6 +128,18 @@ class RedisClusterBackend(ClusterBackplane):
         self._routes: list[t.Any] = [None] * PARTITIONS
         self._nodes: dict[tuple[str, int], redis.Redis[bytes]] = {}
         self._presence = None
+        #: The channels held for local recipients (``_redis_cluster_routes.py``).
+        self._channels = ClusterChannels(self.partitions)
+        # The single-Redis routing, with the cluster's names and readers.
+        keys = t.cast("RedisKeys", ClusterKeys(self.partitions))
+        listening = t.cast("RedisListener", Listening(self._channels))
+        self._routing = Routes(keys, listening, self.pool_timeout)
+        if hasattr(self, "hub"):
+            self._routing.hub = self.hub
+
+    def bind(self, hub: Hub) -> None:
+        super().bind(hub)
+        self._routing.hub = hub
 
     # -- connection ------------------------------------------------------------
 
@@ -188,6 +208,7 @@ class RedisClusterBackend(ClusterBackplane):
             logger.error("Redis Cluster unreachable at start (%s); listening per partition", e)
             groups = {("?", p.index): [p] for p in self.partitions}
         self._readers = [_Reader(self, group) for group in groups.values()]
+        self._channels.attach(self._readers)
         for reader in self._readers:
             reader.thread.start()
         deadline = time.monotonic() + self.socket_timeout + self.connect_timeout
@@ -198,9 +219,11 @@ class RedisClusterBackend(ClusterBackplane):
         self._stop.set()
         self.close_presence()
         readers, self._readers = self._readers, []
+        self._channels.detach()
         for reader in readers:
             if reader.thread is not threading.current_thread():
                 reader.thread.join(self.poll_interval + 2 * self.socket_timeout)
+            reader.close()
         client, self._client = self._client, None
         if client is not None:
             client.close()
@@ -233,7 +256,13 @@ class RedisClusterBackend(ClusterBackplane):
             maxlen, how = self.history_size + 1, "~"  # +1: the cursor's own entry stays
         else:
             maxlen, how = 0, "="
-        keys = [partition.stream, partition.last, partition.published(key), partition.channel]
+        keys = [
+            partition.stream,
+            partition.last,
+            partition.published(key),
+            channel_of(self.partitions, audience, target),
+            partition.channel,
+        ]
         args = [how, audience.value, target or "", body, maxlen, int(self.idempotency_ttl * 1000)]
         try:
             try:
@@ -449,21 +478,15 @@ class RedisClusterBackend(ClusterBackplane):
         )
         self.hub.disconnect_all()
 
-    # -- backplane -------------------------------------------------------------
-
-    def _control(
-        self, op: str, client_id: str | None, topics: t.Collection[str] = (), index: int = 0
-    ) -> None:
-        partition = self.partitions[index]
-        try:
-            self.cluster().spublish(partition.channel, encode_control(op, client_id, topics, self.node))
-        except _Errors as e:
-            raise _error(f"{op} of client {client_id!r} failed", e) from e
+    # -- routing and backplane -------------------------------------------------
 
     def debug_state(self) -> dict[str, t.Any]:
+        wanted = self._channels.wanted()
         return {
             "positions": [format_event_id(p) if p else None for p in self._positions],
             "delivered": self._counter,
+            "received": self._channels.received,
+            "channels": sorted(c.decode() for c in wanted if not is_pattern_key(c)),
             "readers": [[p.index for p in r.partitions] for r in self._readers],
         }
 

@@ -1,8 +1,20 @@
 """The listener threads of the Redis Cluster backend (``_redis_cluster.py``).
 
-One :class:`Reader` per primary: one sharded pub/sub connection to it
-(``SSUBSCRIBE`` of the channels of the partitions it holds, one command per
-slot), read by one thread (a greenlet under gevent). On every (re)connection
+One :class:`Reader` per primary: one sharded pub/sub connection to it, a
+:class:`~._redis_channels.Channels` of the single-Redis backend
+(``SSUBSCRIBE``), holding the channels of its partitions that the process
+has local recipients for (``_redis_cluster_routes.py``), read by one thread
+(a greenlet under gevent).
+
+A partition's position (the last event of it delivered here) advances only
+on the events this process receives. When a channel goes live, the reader
+delivers from the partition's stream everything after that position before
+the streams waiting for the channel may read where they start (as the
+single-Redis listener's ``sync``): the events published before Redis ran
+the ``SSUBSCRIBE`` never arrive as messages, and those on channels held
+already that are still on their way arrive later as duplicates (dropped).
+So the position then covers every event of the partition the process
+needs, the new channel's included. On every (re)connection
 it first delivers from each partition's stream what came after the last event
 it delivered, so a blip loses nothing Redis kept; if what it never delivered
 was trimmed, the backend ends the local streams (their clients resume and are
@@ -29,11 +41,12 @@ from .._backoff import EqualJitterBackoff
 from .._wire import Audience, format_event_id, parse_event_id
 from ..exceptions import BackendError, ClientNotFound, TooManyTopics
 from ._cluster_cursor import ORIGIN
+from ._redis_channels import Channels
+from ._redis_cluster_keys import partition_of, tag_of
 from ._redis_keys import text
 from .base import logger
 
 if t.TYPE_CHECKING:
-    from .._hub import Hub
     from ._redis_cluster import RedisClusterBackend
     from ._redis_cluster_keys import Partition
 
@@ -47,9 +60,12 @@ def never_trimmed(info: dict[t.Any, t.Any]) -> bool:
     return bool(info.get("entries-added") == info.get("length"))
 
 
-def apply_control(hub: Hub, message: dict[str, t.Any]) -> None:
-    """A subscribe, unsubscribe, disconnect or revoke from another process."""
+def apply_control(backend: RedisClusterBackend, message: dict[str, t.Any]) -> None:
+    """A subscribe, unsubscribe, disconnect or revoke from another process;
+    the channels then follow the hub (a new topic's events reach the client
+    from when its channel is live here)."""
     client_id, op = message["client"], message["op"]
+    hub = backend.hub
     try:
         if op == "revoke":
             for topic in message["topics"]:
@@ -64,46 +80,82 @@ def apply_control(hub: Hub, message: dict[str, t.Any]) -> None:
         pass  # the client lives elsewhere
     except TooManyTopics as e:
         logger.warning("subscribe of client %r refused here: %s", client_id, e)
+    backend.reroute(client_id, message["topics"], wait=False)
+
+
+class _ReaderChannels(Channels):
+    """A reader's channels: those that go live are caught up from their
+    partitions' streams before their waiters are released."""
+
+    def __init__(self, reader: Reader, pool: redis.ConnectionPool) -> None:
+        super().__init__(pool, reader.handle, lambda: None, sharded=True)
+        self._reader = reader
+
+    def _settle_live(self) -> None:
+        self._reader.sync({tag_of(channel) for channel in self._settling})
+        super()._settle_live()
 
 
 class Reader:
-    """One listener thread: the partitions one primary holds, over one
-    sharded pub/sub connection; catches up from the streams on every
-    (re)subscribe, reconnects with backoff."""
+    """One listener thread: the channels one primary holds for this process,
+    over one sharded pub/sub connection; catches up from the streams on every
+    (re)subscribe and when a channel goes live, reconnects with backoff."""
 
     def __init__(self, backend: RedisClusterBackend, partitions: list[Partition]) -> None:
         self.backend = backend
         self.partitions = partitions
         self.ready = threading.Event()
         self.connected = False
-        self._by_channel = {p.channel.encode(): p for p in partitions}
-        #: The reader of partition 0 refreshes the process's presence.
+        #: The last attempt to reach the primary failed (until one succeeds).
+        self.failing = False
+        self._by_tag = {p.tag.encode(): p for p in partitions}
+        self._pool = redis.ConnectionPool(
+            socket_timeout=backend.socket_timeout + backend.connect_timeout,
+            socket_connect_timeout=backend.connect_timeout,
+            retry=Retry(NoBackoff(), 0),
+            protocol=2,
+        )
+        self._client: redis.Redis[bytes] | None = None
+        self.channels = _ReaderChannels(self, self._pool)
+        #: The reader of partition 0 holds the broadcast and control channel
+        #: and refreshes the process's presence.
         self._refreshes = any(p.index == 0 for p in partitions)
+        if self._refreshes:
+            self.channels.want([backend.partitions[0].keys.all.encode()])
         self.thread = threading.Thread(target=self._run, name="sse-redis-cluster-listener", daemon=True)
+
+    def close(self) -> None:
+        self.channels.close()
+        self._pool.disconnect()
 
     def _run(self) -> None:
         backend = self.backend
         backoff = EqualJitterBackoff(backend.min_backoff, backend.max_backoff)
         failures = 0
         while not backend._stop.is_set():
-            pubsub = None
             try:
                 host, port = backend.owner(self.partitions[0].channel)
-                client = redis.Redis(
-                    host=host,
-                    port=port,
-                    socket_timeout=backend.socket_timeout,
-                    socket_connect_timeout=backend.connect_timeout,
-                    retry=Retry(NoBackoff(), 0),
-                )
-                pubsub = client.pubsub()
-                self._subscribe(client, pubsub)
+                if (host, port) != (
+                    self._pool.connection_kwargs.get("host"),
+                    self._pool.connection_kwargs.get("port"),
+                ):
+                    self._pool.disconnect()
+                    self._pool.connection_kwargs.update(host=host, port=port)
+                    self._client = redis.Redis(
+                        host=host,
+                        port=port,
+                        socket_timeout=backend.socket_timeout,
+                        socket_connect_timeout=backend.connect_timeout,
+                        retry=Retry(NoBackoff(), 0),
+                    )
+                self._subscribe()
                 if failures:
                     logger.warning("Redis Cluster listener reconnected to %s:%d", host, port)
                 failures = 0
-                self._listen(pubsub)
+                self._listen()
             except (*ERRORS, BackendError) as e:
                 self.connected = False
+                self.failing = True
                 failures += 1
                 if backend._stop.is_set():
                     break
@@ -118,42 +170,41 @@ class Reader:
                 backend._stop.wait(backend.max_backoff)
             finally:
                 self.connected = False
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):  # closing a broken socket
-                        pubsub.close()
+                with contextlib.suppress(Exception):  # closing a broken socket
+                    self.channels.disconnect()
 
     def _refresh_slots(self) -> None:
         with contextlib.suppress(Exception):  # the next attempt tells
             self.backend.cluster().nodes_manager.initialize()
 
-    def _subscribe(self, client: redis.Redis[bytes], pubsub: t.Any) -> None:
+    def _subscribe(self) -> None:
         backend = self.backend
-        for channel in self._by_channel:  # one slot per SSUBSCRIBE
-            pubsub.ssubscribe(channel)
-        confirmed = 0
+        self.channels.connect()
         deadline = time.monotonic() + backend.socket_timeout + backend.connect_timeout
-        while confirmed < len(self._by_channel):
+        while self.channels.pending():
             left = deadline - time.monotonic()
             if left <= 0:
                 raise redis.TimeoutError("no subscription confirmation from Redis")
-            message = pubsub.get_sharded_message(timeout=left)
-            if message is not None and message["type"] == "ssubscribe":
-                confirmed += 1
-            elif message is not None:
-                self._handle(message)
-        self._catch_up(client)
+            self.channels.read(left)
+        self._catch_up()
         self.connected = True
+        self.failing = False
         self.ready.set()
 
-    def _catch_up(self, client: redis.Redis[bytes]) -> None:
+    def _held_tags(self) -> set[bytes]:
+        return {tag_of(c) for c in self.channels.wanted()}
+
+    def _catch_up(self) -> None:
         backend = self.backend
-        pipe = client.pipeline(transaction=False)
+        assert self._client is not None
+        pipe = self._client.pipeline(transaction=False)
         for p in self.partitions:
             pipe.get(p.last)
             start = backend.position(p.index)
             pipe.xrange(p.stream, min=format_event_id(start) if start else "+", max="+")
             pipe.xinfo_stream(p.stream)
         results = pipe.execute(raise_on_error=False)
+        held = self._held_tags()
         for i, p in enumerate(self.partitions):
             raw_head, entries, info = results[3 * i : 3 * i + 3]
             for result in (raw_head, entries):
@@ -161,7 +212,8 @@ class Reader:
                     raise result
             head = parse_event_id(text(raw_head)) if raw_head is not None else None
             position = backend.position(p.index)
-            if position is None:
+            if position is None or (head is not None and p.tag.encode() not in held):
+                # First time, or nothing of it is needed here: start at its head.
                 backend.set_position(p.index, head or ORIGIN)
                 continue
             if head is None or head < position:
@@ -188,6 +240,22 @@ class Reader:
             for entry_id, fields in entries:
                 self._deliver_entry(p.index, entry_id, fields)
 
+    def sync(self, tags: set[bytes]) -> None:
+        """Deliver what the partitions of channels that just went live hold
+        after their positions (see the module). While (re)connecting the
+        catch-up that follows does it."""
+        backend = self.backend
+        partitions = [self._by_tag[tag] for tag in tags if tag in self._by_tag]
+        if not self.connected or not partitions or self._client is None:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for p in partitions:
+            position = backend.position(p.index) or ORIGIN
+            pipe.xrange(p.stream, min="(" + format_event_id(position), max="+")
+        for p, entries in zip(partitions, pipe.execute(), strict=True):
+            for entry_id, fields in entries:
+                self._deliver_entry(p.index, entry_id, fields)
+
     def _deliver_entry(self, index: int, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         seq = parse_event_id(text(entry_id))
         if seq is None:
@@ -196,30 +264,24 @@ class Reader:
         target = fields[b"t"].decode() if kind is not Audience.ALL else None
         self.backend.deliver(index, seq, kind, target, fields[b"b"])
 
-    def _listen(self, pubsub: t.Any) -> None:
+    def _listen(self) -> None:
         backend = self.backend
         last_seen = next_ping = time.monotonic()
         while not backend._stop.is_set():
-            message = pubsub.get_sharded_message(timeout=backend.poll_interval)
+            got = self.channels.read(backend.poll_interval)
             now = time.monotonic()
-            if message is not None:
+            if got:
                 last_seen = now
-                self._handle(message)
             if now >= next_ping:
                 if now - last_seen > backend.refresh_interval * 2 + backend.socket_timeout:
                     raise redis.ConnectionError("Redis stopped answering the listener's pings")
-                pubsub.ping()
+                self.channels.ping()
                 if self._refreshes:
                     backend.refresh_presence()
                 next_ping = now + backend.refresh_interval
 
-    def _handle(self, message: dict[str, t.Any]) -> None:
-        if message["type"] == "pong" or message["type"] not in ("smessage", "message"):
-            return
-        partition = self._by_channel.get(message["channel"])
-        data = message["data"]
-        if partition is None or not isinstance(data, bytes):
-            return
+    def handle(self, data: bytes) -> None:
+        """One message (from any of the reader's channels)."""
         try:
             if data[:2] == b"E ":
                 _, raw_id, audience, length, rest = data.split(b" ", 4)
@@ -229,12 +291,12 @@ class Reader:
                     raise ValueError(f"malformed event id {raw_id!r}")
                 kind = Audience(audience.decode())
                 target = rest[:size].decode() if kind is not Audience.ALL else None
-                self.backend.deliver(partition.index, seq, kind, target, rest[size:])
+                self.backend.deliver(partition_of(kind, target), seq, kind, target, rest[size:])
             elif data[:2] == b"C ":
                 control = json.loads(data[2:])
                 if not isinstance(control, dict):
                     raise TypeError("a control message must be a JSON object")
                 if control.get("node") != self.backend.node:  # applied where it was sent
-                    apply_control(self.backend.hub, control)
+                    apply_control(self.backend, control)
         except (ValueError, KeyError, TypeError) as e:
             logger.warning("ignored a malformed message from Redis: %r (%s)", data[:200], e)

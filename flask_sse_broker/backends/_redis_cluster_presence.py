@@ -1,9 +1,9 @@
 """The backplane and presence of the Redis Cluster backend.
 
 Control messages (subscribe, unsubscribe, disconnect, revoke) are
-``SPUBLISH``\\ ed on partition 0's channel, which every process reads; a
-revoke of a plain topic goes on the topic's own partition instead, in order
-with its events.
+``SPUBLISH``\\ ed on partition 0's broadcast channel, which every process
+holds; a revoke of a plain topic also goes on the topic's own channel, in
+order with its events.
 
 Presence and sessions are the single-Redis backend's
 (:class:`~._redis_presence.RedisPresence`, unchanged) with every key under
@@ -23,8 +23,9 @@ import typing as t
 from .._topics import Subscriptions, is_pattern
 from .._wire import Audience
 from ..exceptions import BackendError, ClientNotFound
-from ._redis_cluster_keys import partition_of
-from ._redis_keys import RedisKeys
+from ._redis_cluster_keys import Partition, channel_of
+from ._redis_cluster_listener import ERRORS
+from ._redis_keys import RedisKeys, encode_control
 from ._redis_presence import RedisPresence
 from .base import Backend, logger
 
@@ -32,6 +33,7 @@ if t.TYPE_CHECKING:
     import redis
 
     from .._connection import SSEClient
+    from ._redis_routes import Routes
 
 
 class ClusterBackplane(Backend):
@@ -46,11 +48,41 @@ class ClusterBackplane(Backend):
     #: A process's presence expires after this many refresh intervals of silence.
     presence_lifetime = 3
     _presence: RedisPresence | None
+    partitions: list[Partition]
+    _routing: Routes
+
+    def cluster(self) -> t.Any:
+        raise NotImplementedError
+
+    def prepare(self, client: SSEClient, *, new_client: bool = False) -> None:
+        """Hold the channels of ``client`` and its topics and wait until they
+        are live and caught up (see ``_redis_cluster_listener.py``), so the
+        positions :meth:`replay` reads next cover everything before them.
+
+        :raises BrokerUnavailable: Redis did not confirm in time.
+        """
+        self._routing.wait_live(self._routing.route(client.id, client.topics, new_client=new_client))
+
+    def reroute(self, client_id: str | None, topics: t.Iterable[str] = (), *, wait: bool = True) -> None:
+        """Make the channels follow the hub after a change of ``client_id``'s
+        topics, a disconnect or a revoke; ``wait``: until they are live."""
+        waits = self._routing.route(client_id, topics)
+        if wait:
+            self._routing.wait_live(waits)
+
+    def topic_channel(self, topic: str) -> str:
+        return channel_of(self.partitions, Audience.TOPIC, topic)
 
     def _control(
-        self, op: str, client_id: str | None, topics: t.Collection[str] = (), index: int = 0
+        self, op: str, client_id: str | None, topics: t.Collection[str] = (), channel: str = ""
     ) -> None:
-        raise NotImplementedError
+        """Publish a control message on ``channel`` (default: partition 0's
+        broadcast channel, which every process holds)."""
+        message = encode_control(op, client_id, topics, self.node)
+        try:
+            self.cluster().spublish(channel or self.partitions[0].keys.all, message)
+        except ERRORS as e:
+            raise BackendError(f"Redis Cluster backend: {op} of client {client_id!r} failed: {e}") from e
 
     def owner(self, key: str) -> tuple[str, int]:
         raise NotImplementedError
@@ -94,6 +126,7 @@ class ClusterBackplane(Backend):
             logger.warning("presence of client %r not written: %s", client.id, e)
 
     def client_closed(self, client: SSEClient) -> None:
+        self.reroute(client.id, client.topics, wait=False)
         try:
             self.presence().client_closed(client)
         except BackendError as e:
@@ -152,6 +185,7 @@ class ClusterBackplane(Backend):
             now = change(client_id, topics)
         except ClientNotFound:
             now = updated
+        self.reroute(client_id, topics)  # a client here gets what is published once this returns
         presence.update_session(client_id, now)
         if local:
             presence.write(client_id)
@@ -159,14 +193,18 @@ class ClusterBackplane(Backend):
 
     def disconnect(self, client_id: str) -> int:
         self._control("disconnect", client_id)
-        return self.hub.disconnect(client_id)
+        return self.hub.disconnect(client_id)  # its channel goes with its last connection
 
     def revoke(self, topic: str, client_id: str | None) -> int:
-        """Sessions first (as the single-Redis backend), then every process:
-        on the topic's own partition for a plain topic (in order with its
-        events), on partition 0 for a pattern."""
+        """Sessions first (as the single-Redis backend), then the processes
+        holding a plain topic on its own channel (in order with its events),
+        and every process on partition 0 (a pattern; and the processes that
+        only remember a session holding the topic)."""
         presence = self.presence()
         presence.revoke_sessions(topic, None if client_id is None else [presence._keys.session(client_id)])
-        index = 0 if is_pattern(topic) else partition_of(Audience.TOPIC, topic)
-        self._control("revoke", client_id, (topic,), index)
-        return len(self.hub.revoke(topic, client_id)[0])
+        if not is_pattern(topic):
+            self._control("revoke", client_id, (topic,), self.topic_channel(topic))
+        self._control("revoke", client_id, (topic,))
+        revoked = len(self.hub.revoke(topic, client_id)[0])
+        self.reroute(None, (topic,), wait=False)
+        return revoked
