@@ -70,7 +70,7 @@ def _bytes_received(redis_ports: list[int]) -> dict[int, int]:
 
 def node(url: str, prefix: str, topics: list[str], cluster: bool) -> None:
     """Open one stream per topic, read them, report counts when stdin closes."""
-    from flask_sse_broker import SSEBroker, SSEConfig
+    from flask_sse_broker import BrokerUnavailable, SSEBroker, SSEConfig
 
     broker = SSEBroker(
         SSEConfig(**_config(url, prefix, cluster), heartbeat_interval=0, event_buffer_size=10_000)
@@ -78,7 +78,14 @@ def node(url: str, prefix: str, topics: list[str], cluster: bool) -> None:
     received = dict.fromkeys(topics, 0)
 
     def read(topic: str) -> None:
-        conn = broker.open_stream(topics=[topic])
+        for _ in range(100):  # a 503 while the listener starts: as a browser, again
+            try:
+                conn = broker.open_stream(topics=[topic])
+                break
+            except BrokerUnavailable:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError(f"no stream for {topic}")
         for chunk in conn:
             received[topic] += chunk.count(b"\nid: ") + chunk.startswith(b"id: ")
 

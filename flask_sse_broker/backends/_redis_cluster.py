@@ -5,7 +5,7 @@ Selected by ``SSEConfig(redis_url=..., redis_cluster=True)``
 (sharded pub/sub). The design, and why:
 
 **Partitions.** The history is :data:`PARTITIONS` (16) partitions, each a
-capped stream, a ``last`` key and a sharded pub/sub channel under one hash
+capped stream, a ``last`` key and sharded pub/sub channels under one hash
 tag, so they live on one shard and one Lua script ``XADD``\\ s an event and
 ``SPUBLISH``\\ es it atomically there (Redis 7.0 allows ``SPUBLISH`` of a
 declared key's slot in a script). The tags are chosen so the partitions'
@@ -39,9 +39,8 @@ before it); a ``publish_batch`` is not atomic across partitions; a
 subscribe, disconnect or revoke from another process is applied when its
 control message arrives, not ordered with events on other partitions.
 Presence and sessions (``_redis_cluster_presence.py``) are the single-Redis
-ones, kept on one primary. Every process reads every partition
-(one pub/sub connection per primary), so unlike the single-Redis backend a
-process also receives events it has no recipient for.
+ones, kept on one primary. **Routing** is the single-Redis one
+(``_redis_cluster_routes.py``): a process holds only the channels it needs.
 """
 
 from __future__ import annotations
@@ -67,6 +66,7 @@ from ._redis_channels import is_pattern_key
 from ._redis_cluster_keys import PUBLISH_SCRIPT, Partition, channel_of, partition_of
 from ._redis_cluster_listener import ERRORS as _Errors
 from ._redis_cluster_listener import Reader as _Reader
+from ._redis_cluster_listener import deliver_entry
 from ._redis_cluster_listener import never_trimmed as _untrimmed
 from ._redis_cluster_presence import ClusterBackplane
 from ._redis_cluster_routes import ClusterChannels, ClusterKeys, Listening
@@ -76,8 +76,6 @@ from .base import Replay, logger
 
 if t.TYPE_CHECKING:
     from .._hub import Hub
-    from ._redis_keys import RedisKeys
-    from ._redis_listener import RedisListener
 
 __all__ = ["PARTITIONS", "RedisClusterBackend"]
 
@@ -97,9 +95,6 @@ class RedisClusterBackend(ClusterBackplane):
     refresh_interval = 5.0
     min_backoff = 0.1
     max_backoff = 5.0
-    #: Seconds a resuming stream waits for this process's listener to reach
-    #: the positions of its cursor (written by a process ahead of this one).
-    catch_up_wait = 2.0
     #: Connections per primary for publishing; callers beyond wait their turn.
     pool_size = 8
     pool_timeout = 20.0
@@ -130,9 +125,9 @@ class RedisClusterBackend(ClusterBackplane):
         self._presence = None
         #: The channels held for local recipients (``_redis_cluster_routes.py``).
         self._channels = ClusterChannels(self.partitions)
-        # The single-Redis routing, with the cluster's names and readers.
-        keys = t.cast("RedisKeys", ClusterKeys(self.partitions))
-        listening = t.cast("RedisListener", Listening(self._channels))
+        # The single-Redis routing, with the cluster's names and readers (duck-typed).
+        keys: t.Any = ClusterKeys(self.partitions)
+        listening: t.Any = Listening(self._channels)
         self._routing = Routes(keys, listening, self.pool_timeout)
         if hasattr(self, "hub"):
             self._routing.hub = self.hub
@@ -379,21 +374,22 @@ class RedisClusterBackend(ClusterBackplane):
         return Replay(envelopes=self._frames(want, missed), cursor=encode_cursor(want), skip=skip)
 
     def _wait_positions(self, want: list[Seq]) -> tuple[list[Seq], int] | None:
-        """Wait (briefly) for the listener to reach ``want``: a cursor written
-        by a process whose listener is ahead of this one's."""
+        """Bring the positions up to ``want``, a cursor from a process that
+        receives partitions this one does not (or is ahead): deliver them from
+        the streams here (``deliver`` drops what the listener delivers too)."""
         try:
-            heads = self._heads()
+            if not _covers(self._heads(), want):
+                return self._snapshot()  # from the future or another cluster: reset at once
+            behind = [(i, p) for i, p in enumerate(list(self._positions)) if p is not None and p < want[i]]
+            pipe = self.cluster().pipeline()
+            for i, have in behind:
+                pipe.xrange(self.partitions[i].stream, min="(" + format_event_id(have), max="+")
+            for (i, _), entries in zip(behind, pipe.execute(), strict=True):
+                for entry_id, fields in entries:
+                    deliver_entry(self, i, entry_id, fields)
         except _Errors as e:
             raise BrokerUnavailable(f"the Redis Cluster is unreachable: {e}", retry_after=5) from e
-        if not _covers(heads, want):
-            return self._snapshot()  # from the future or another cluster: reset at once
-        deadline = time.monotonic() + self.catch_up_wait
-        while time.monotonic() < deadline:
-            snapshot = self._snapshot()
-            if snapshot is not None and _covers(snapshot[0], want):
-                return snapshot
-            time.sleep(0.01)
-        return self._snapshot()  # still behind: reset rather than hold the request
+        return self._snapshot()
 
     def _read_missed(self, want: list[Seq], positions: list[Seq]) -> list[tuple[int, list[t.Any]]] | None:
         """The entries of each partition after ``want`` up to ``positions``;
@@ -447,16 +443,19 @@ class RedisClusterBackend(ClusterBackplane):
 
     # -- delivery (listener threads) -------------------------------------------
 
-    def deliver(self, index: int, seq: Seq, audience: Audience, target: str | None, body: bytes) -> None:
+    def deliver(
+        self, index: int, seq: Seq, audience: Audience, target: str | None, body: bytes, late: bool = False
+    ) -> None:
         """Hand one event of partition ``index`` to the hub, with the cursor
         after it; an event at or before the partition's position is a
-        duplicate (a catch-up and a message), dropped."""
+        duplicate (a catch-up and a message), dropped - unless ``late``: one
+        of a channel that was not held (see ``Reader.sync``)."""
         with self._order:
             positions = self._positions
             current = positions[index]
-            if current is not None and seq <= current:
+            if not late and current is not None and seq <= current:
                 return
-            positions[index] = seq
+            positions[index] = seq if current is None or seq > current else current
             self._counter += 1
             known = [p or ORIGIN for p in positions]
             envelope = Envelope((self._counter, 0), audience, target, frame(body, encode_cursor(known)))

@@ -38,7 +38,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from .._backoff import EqualJitterBackoff
-from .._wire import Audience, format_event_id, parse_event_id
+from .._wire import Audience, Seq, format_event_id, parse_event_id
 from ..exceptions import BackendError, ClientNotFound, TooManyTopics
 from ._cluster_cursor import ORIGIN
 from ._redis_channels import Channels
@@ -71,6 +71,7 @@ def apply_control(backend: RedisClusterBackend, message: dict[str, t.Any]) -> No
             for topic in message["topics"]:
                 hub.revoke(topic, client_id)
         elif op == "subscribe":
+            backend.hold_from(message["topics"], message.get("heads") or {})
             hub.subscribe(client_id, message["topics"])
         elif op == "unsubscribe":
             hub.unsubscribe(client_id, message["topics"])
@@ -81,18 +82,42 @@ def apply_control(backend: RedisClusterBackend, message: dict[str, t.Any]) -> No
     except TooManyTopics as e:
         logger.warning("subscribe of client %r refused here: %s", client_id, e)
     backend.reroute(client_id, message["topics"], wait=False)
+    if op in ("subscribe", "unsubscribe") and hub.is_connected(client_id):
+        with contextlib.suppress(BackendError):  # the next refresh writes it
+            backend.presence().changed(client_id)
+
+
+def deliver_entry(
+    backend: RedisClusterBackend, index: int, entry_id: bytes, fields: dict[bytes, bytes]
+) -> None:
+    """Deliver one stream entry of partition ``index`` (a duplicate is dropped)."""
+    seq = parse_event_id(text(entry_id))
+    if seq is not None:
+        kind = Audience(fields[b"k"].decode())
+        target = fields[b"t"].decode() if kind is not Audience.ALL else None
+        backend.deliver(index, seq, kind, target, fields[b"b"])
 
 
 class _ReaderChannels(Channels):
-    """A reader's channels: those that go live are caught up from their
-    partitions' streams before their waiters are released."""
+    """A reader's channels: one that goes live is caught up from its
+    partition's stream at once, before the next message is handled (so the
+    position is still that of the events received before the ``SSUBSCRIBE``
+    ran), and before its waiters are released."""
 
     def __init__(self, reader: Reader, pool: redis.ConnectionPool) -> None:
         super().__init__(pool, reader.handle, lambda: None, sharded=True)
         self._reader = reader
+        self._synced: set[bytes] = set()
+
+    def _handle(self, reply: t.Any) -> None:
+        super()._handle(reply)
+        fresh = [c for c in self._settling if c not in self._synced]
+        if fresh:
+            self._synced.update(fresh)
+            self._reader.sync(fresh)
 
     def _settle_live(self) -> None:
-        self._reader.sync({tag_of(channel) for channel in self._settling})
+        self._synced.clear()
         super()._settle_live()
 
 
@@ -215,54 +240,77 @@ class Reader:
             if position is None or (head is not None and p.tag.encode() not in held):
                 # First time, or nothing of it is needed here: start at its head.
                 backend.set_position(p.index, head or ORIGIN)
-                continue
-            if head is None or head < position:
-                continue  # nothing newer (after a restart without data, too)
-            if position == head:
-                continue
-            # The position's own entry must still be there (the stream keeps
-            # one more than history_size for that): else events after it
-            # were trimmed before this process delivered them.
-            untrimmed = not isinstance(info, Exception) and never_trimmed(info)
-            if entries and text(entries[0][0]) == format_event_id(position):
-                entries, lost = entries[1:], False
-            elif untrimmed and position != ORIGIN:
-                # A new stream (a primary restarted without its data): what
-                # it lost is lost for everyone; follow the new one.
-                logger.warning("partition %d restarted without its history; following it", p.index)
-                lost = False
-            else:
-                lost = not untrimmed
-            if lost:
-                backend.set_position(p.index, head)
-                backend.on_gap(p.index)
-                continue
-            for entry_id, fields in entries:
-                self._deliver_entry(p.index, entry_id, fields)
+            elif head is not None and head > position:
+                self._catch_up_partition(p, position, head, entries, info)
 
-    def sync(self, tags: set[bytes]) -> None:
+    def _catch_up_partition(
+        self, p: Partition, position: Seq, head: Seq, entries: list[t.Any], info: t.Any
+    ) -> None:
+        """Deliver the entries after ``position``; unless they were trimmed."""
+        backend = self.backend
+        # The position's own entry must still be there (the stream keeps
+        # one more than history_size for that): else events after it
+        # were trimmed before this process delivered them.
+        untrimmed = not isinstance(info, Exception) and never_trimmed(info)
+        if entries and text(entries[0][0]) == format_event_id(position):
+            entries, lost = entries[1:], False
+        elif untrimmed and position != ORIGIN:
+            # A new stream (a primary restarted without its data): what
+            # it lost is lost for everyone; follow the new one.
+            logger.warning("partition %d restarted without its history; following it", p.index)
+            lost = False
+        else:
+            lost = not untrimmed
+        if lost:
+            backend.set_position(p.index, head)
+            backend.on_gap(p.index)
+            return
+        for entry_id, fields in entries:
+            self._deliver_entry(p.index, entry_id, fields)
+
+    def sync(self, channels: list[bytes]) -> None:
         """Deliver what the partitions of channels that just went live hold
         after their positions (see the module). While (re)connecting the
-        catch-up that follows does it."""
+        catch-up that follows does it.
+
+        A topic subscribed from another process is read from the partition's
+        position when its control message arrived (:meth:`hold_from
+        <._redis_cluster.RedisClusterBackend.hold_from>`): its events since
+        then that are older than the position now are delivered ``late``."""
         backend = self.backend
-        partitions = [self._by_tag[tag] for tag in tags if tag in self._by_tag]
+        floors = backend.floors(channels)
+        partitions = {tag_of(c) for c in channels} & self._by_tag.keys()
         if not self.connected or not partitions or self._client is None:
             return
         pipe = self._client.pipeline(transaction=False)
-        for p in partitions:
+        reads = []
+        for p in (self._by_tag[tag] for tag in partitions):
             position = backend.position(p.index) or ORIGIN
-            pipe.xrange(p.stream, min="(" + format_event_id(position), max="+")
-        for p, entries in zip(partitions, pipe.execute(), strict=True):
+            late = {target: seq for (index, target), seq in floors.items() if index == p.index}
+            start = min([position, *late.values()])
+            pipe.xrange(p.stream, min="(" + format_event_id(start), max="+")
+            reads.append((p.index, position, late))
+        for (index, position, late), entries in zip(reads, pipe.execute(), strict=True):
             for entry_id, fields in entries:
-                self._deliver_entry(p.index, entry_id, fields)
+                self._deliver_entry(index, entry_id, fields, position, late)
 
-    def _deliver_entry(self, index: int, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    def _deliver_entry(
+        self,
+        index: int,
+        entry_id: bytes,
+        fields: dict[bytes, bytes],
+        position: Seq = ORIGIN,
+        late: dict[str, Seq] | None = None,
+    ) -> None:
         seq = parse_event_id(text(entry_id))
         if seq is None:
             return
         kind = Audience(fields[b"k"].decode())
         target = fields[b"t"].decode() if kind is not Audience.ALL else None
-        self.backend.deliver(index, seq, kind, target, fields[b"b"])
+        if seq > position:
+            self.backend.deliver(index, seq, kind, target, fields[b"b"])
+        elif late and kind is Audience.TOPIC and target in late and seq > late[target]:
+            self.backend.deliver(index, seq, kind, target, fields[b"b"], late=True)
 
     def _listen(self) -> None:
         backend = self.backend

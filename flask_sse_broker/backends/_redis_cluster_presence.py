@@ -18,12 +18,14 @@ refresh, and a reconnecting client is served without its remembered topics
 
 from __future__ import annotations
 
+import json
 import typing as t
 
 from .._topics import Subscriptions, is_pattern
-from .._wire import Audience
+from .._wire import Audience, Seq, parse_event_id
 from ..exceptions import BackendError, ClientNotFound
-from ._redis_cluster_keys import Partition, channel_of
+from ._cluster_cursor import ORIGIN
+from ._redis_cluster_keys import Partition, channel_of, partition_of
 from ._redis_cluster_listener import ERRORS
 from ._redis_keys import RedisKeys, encode_control
 from ._redis_presence import RedisPresence
@@ -33,6 +35,7 @@ if t.TYPE_CHECKING:
     import redis
 
     from .._connection import SSEClient
+    from ._redis_cluster_routes import ClusterChannels
     from ._redis_routes import Routes
 
 
@@ -50,6 +53,10 @@ class ClusterBackplane(Backend):
     _presence: RedisPresence | None
     partitions: list[Partition]
     _routing: Routes
+    _channels: ClusterChannels
+
+    def position(self, index: int) -> Seq | None:
+        raise NotImplementedError
 
     def cluster(self) -> t.Any:
         raise NotImplementedError
@@ -63,10 +70,43 @@ class ClusterBackplane(Backend):
         """
         self._routing.wait_live(self._routing.route(client.id, client.topics, new_client=new_client))
 
+    def hold_from(self, topics: t.Iterable[str], heads: dict[str, str]) -> None:
+        """Before a subscribe from another process is applied here: the topics
+        whose channels are not held yet will be caught up (``Reader.sync``)
+        from their partitions' heads when the subscribe was sent (``heads``,
+        read there; else the positions here), so their events published
+        after it reach the client even if other events of the partition move
+        the position first."""
+        wanted = self._channels.wanted()
+        floors = {}
+        for topic in topics:
+            channel = self.topic_channel(topic).encode()
+            if not is_pattern(topic) and channel not in wanted:
+                index = partition_of(Audience.TOPIC, topic)
+                head = parse_event_id(heads[topic]) if isinstance(heads.get(topic), str) else None
+                floors[channel] = (index, topic, head or self.position(index) or ORIGIN)
+        self._channels.set_floors(floors)
+
+    def _topic_heads(self, topics: t.Collection[str]) -> dict[str, str]:
+        """The newest id of each plain topic's partition (see :meth:`hold_from`)."""
+        plain = sorted(topic for topic in topics if not is_pattern(topic))
+        pipe = self.cluster().pipeline()
+        for topic in plain:
+            pipe.get(self.partitions[partition_of(Audience.TOPIC, topic)].last)
+        try:
+            found = pipe.execute()
+        except ERRORS as e:
+            raise BackendError(f"Redis Cluster backend: reading the partitions' heads failed: {e}") from e
+        return {topic: value.decode() for topic, value in zip(plain, found, strict=True) if value}
+
+    def floors(self, channels: t.Iterable[bytes]) -> dict[tuple[int, str], Seq]:
+        return self._channels.floors(channels)
+
     def reroute(self, client_id: str | None, topics: t.Iterable[str] = (), *, wait: bool = True) -> None:
         """Make the channels follow the hub after a change of ``client_id``'s
         topics, a disconnect or a revoke; ``wait``: until they are live."""
         waits = self._routing.route(client_id, topics)
+        self._channels.keep_floors()
         if wait:
             self._routing.wait_live(waits)
 
@@ -74,11 +114,18 @@ class ClusterBackplane(Backend):
         return channel_of(self.partitions, Audience.TOPIC, topic)
 
     def _control(
-        self, op: str, client_id: str | None, topics: t.Collection[str] = (), channel: str = ""
+        self,
+        op: str,
+        client_id: str | None,
+        topics: t.Collection[str] = (),
+        channel: str = "",
+        heads: dict[str, str] | None = None,
     ) -> None:
         """Publish a control message on ``channel`` (default: partition 0's
         broadcast channel, which every process holds)."""
         message = encode_control(op, client_id, topics, self.node)
+        if heads:
+            message = b"C " + json.dumps({**json.loads(message[2:]), "heads": heads}).encode()
         try:
             self.cluster().spublish(channel or self.partitions[0].keys.all, message)
         except ERRORS as e:
@@ -179,7 +226,8 @@ class ClusterBackplane(Backend):
             current = found[0]
         updated = current | frozenset(topics) if op == "subscribe" else current - frozenset(topics)
         hub.check_topic_count(updated)
-        self._control(op, client_id, topics)
+        heads = self._topic_heads(topics) if op == "subscribe" else None
+        self._control(op, client_id, topics, heads=heads)
         try:
             change = hub.subscribe if op == "subscribe" else hub.unsubscribe
             now = change(client_id, topics)

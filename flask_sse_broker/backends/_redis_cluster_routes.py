@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import typing as t
 
-from .._wire import Audience
+from .._wire import Audience, Seq
 from ._redis_channels import Channels, is_pattern_key
 from ._redis_cluster_keys import Partition, partition_of, tag_of
 
@@ -54,6 +54,9 @@ class ClusterChannels:
         self._by_tag: dict[bytes, Channels] = {}
         #: Wanted before the readers exist: handed to them by :meth:`attach`.
         self._early: set[bytes] = set()
+        #: Channel -> (partition, topic, position): where its catch-up starts
+        #: (a topic subscribed from another process, see ``Reader.sync``).
+        self._floors: dict[bytes, tuple[int, str, Seq]] = {}
         self.readers: list[Reader] = []
 
     def attach(self, readers: list[Reader]) -> None:
@@ -110,6 +113,23 @@ class ClusterChannels:
                     self._early.difference_update(names)
                 else:
                     target.drop(names)
+
+    def set_floors(self, floors: dict[bytes, tuple[int, str, Seq]]) -> None:
+        with self._lock:
+            self._floors.update(floors)
+
+    def keep_floors(self) -> None:
+        """Forget the floors of channels that are not wanted (no catch-up comes)."""
+        wanted = self.wanted()
+        with self._lock:
+            for channel in [c for c in self._floors if c not in wanted]:
+                del self._floors[channel]
+
+    def floors(self, channels: t.Iterable[bytes]) -> dict[tuple[int, str], Seq]:
+        """Take the floors of ``channels``: (partition, topic) -> position."""
+        with self._lock:
+            found = [self._floors.pop(c) for c in channels if c in self._floors]
+        return {(index, topic): seq for index, topic, seq in found}
 
     def wanted(self) -> set[bytes]:
         with self._lock:
