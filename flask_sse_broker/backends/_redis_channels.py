@@ -196,7 +196,8 @@ class Channels:
         names = [c for c in channels if not is_pattern_key(c)]
         globs = [c[1:] for c in channels if is_pattern_key(c)]
         try:
-            for batch in [[name] for name in names] if self._sharded else [names] if names else []:
+            batches = [[name] for name in names] if self._sharded else [names]
+            for batch in (b for b in batches if b):
                 self._conn.send_command(by_name, *batch)
             if globs:
                 self._conn.send_command(command_for_globs, *globs)
