@@ -2,9 +2,12 @@
 
     python -m benchmarks.routing                     # P = 1, 4, 16; 3 runs
     python -m benchmarks.routing --processes 1,4 --runs 1 --seconds 5
+    python -m benchmarks.routing --cluster           # on a 3-primary Redis Cluster
 
 P subscriber processes share one private ``redis-server`` (started on a free
-port for the run, so nothing else's traffic is counted). ``--topics`` topics
+port for the run, so nothing else's traffic is counted), or with
+``--cluster`` a private three-primary Redis Cluster (``SSE_REDIS_CLUSTER``;
+Redis figures summed over the primaries). ``--topics`` topics
 are spread over them round-robin, one in-process stream per topic (a reader
 thread each: a lightweight subscriber, no HTTP), so every published event has
 exactly one recipient in the whole system however large P is. A publisher (a
@@ -45,12 +48,11 @@ import typing as t
 from .servers import ROOT, cpu_seconds, free_port
 
 
-def _bytes_received(redis_port: int) -> dict[int, int]:
+def _bytes_received(redis_ports: list[int]) -> dict[int, int]:
     """Bytes each process received from Redis so far, per PID: the sum of
     ``bytes_received`` (TCP_INFO, via ``ss``) of its sockets to Redis."""
-    out = subprocess.run(
-        ["ss", "-tinpH", f"dport = :{redis_port}"], capture_output=True, text=True, check=True
-    ).stdout
+    ports = " or ".join(f"dport = :{port}" for port in redis_ports)
+    out = subprocess.run(["ss", "-tinpH", ports], capture_output=True, text=True, check=True).stdout
     totals: dict[int, int] = {}
     pid = None
     for line in out.splitlines():
@@ -66,17 +68,24 @@ def _bytes_received(redis_port: int) -> dict[int, int]:
 # -- one subscriber process ----------------------------------------------------
 
 
-def node(url: str, prefix: str, topics: list[str]) -> None:
+def node(url: str, prefix: str, topics: list[str], cluster: bool) -> None:
     """Open one stream per topic, read them, report counts when stdin closes."""
-    from flask_sse_broker import SSEBroker, SSEConfig
+    from flask_sse_broker import BrokerUnavailable, SSEBroker, SSEConfig
 
     broker = SSEBroker(
-        SSEConfig(redis_url=url, redis_prefix=prefix, heartbeat_interval=0, event_buffer_size=10_000)
+        SSEConfig(**_config(url, prefix, cluster), heartbeat_interval=0, event_buffer_size=10_000)
     )
     received = dict.fromkeys(topics, 0)
 
     def read(topic: str) -> None:
-        conn = broker.open_stream(topics=[topic])
+        for _ in range(100):  # a 503 while the listener starts: as a browser, again
+            try:
+                conn = broker.open_stream(topics=[topic])
+                break
+            except BrokerUnavailable:
+                time.sleep(0.2)
+        else:
+            raise RuntimeError(f"no stream for {topic}")
         for chunk in conn:
             received[topic] += chunk.count(b"\nid: ") + chunk.startswith(b"id: ")
 
@@ -95,6 +104,28 @@ def node(url: str, prefix: str, topics: list[str]) -> None:
 # -- the benchmark ---------------------------------------------------------------
 
 
+def _config(url: str, prefix: str, cluster: bool) -> dict[str, t.Any]:
+    return {"redis_url": url, "redis_prefix": prefix, **({"redis_cluster": True} if cluster else {})}
+
+
+class PrivateCluster:
+    """A three-primary cluster (tests/cluster_support.py), same interface."""
+
+    def __init__(self) -> None:
+        sys.path.insert(0, str(ROOT))
+        from tests.cluster_support import LocalCluster
+
+        self.cluster = LocalCluster(3).start()
+        self.ports = [n.port for n in self.cluster.nodes]
+        self.url = self.cluster.url
+
+    def out_bytes(self) -> int:
+        return sum(int(n.client().info("stats")["total_net_output_bytes"]) for n in self.cluster.nodes)
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
 class PrivateRedis:
     def __init__(self, tmp: str) -> None:
         self.port = free_port()
@@ -106,6 +137,7 @@ class PrivateRedis:
         import redis
 
         self.client = redis.Redis(port=self.port)
+        self.ports = [self.port]
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -129,7 +161,7 @@ class PrivateRedis:
         self.proc.wait(10)
 
 
-def one(p: int, args: argparse.Namespace, server: PrivateRedis) -> dict[str, t.Any]:
+def one(p: int, args: argparse.Namespace, server: PrivateRedis | PrivateCluster) -> dict[str, t.Any]:
     redis_url, out_bytes = server.url, server.out_bytes
     from flask_sse_broker import SSEBroker, SSEConfig
 
@@ -137,18 +169,19 @@ def one(p: int, args: argparse.Namespace, server: PrivateRedis) -> dict[str, t.A
     topics = [f"t{i}" for i in range(args.topics)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     procs = []
+    kind = "cluster" if args.cluster else "single"
     for i in range(p):
         mine = ",".join(topics[i::p])
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.routing", "--node", redis_url, prefix, mine],
+                [sys.executable, "-m", "benchmarks.routing", "--node", redis_url, prefix, mine, kind],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
                 text=True,
             )
         )
-    publisher = SSEBroker(SSEConfig(redis_url=redis_url, redis_prefix=prefix))
+    publisher = SSEBroker(SSEConfig(**_config(redis_url, prefix, args.cluster)))
     try:
         for proc in procs:
             assert proc.stdout is not None
@@ -157,7 +190,7 @@ def one(p: int, args: argparse.Namespace, server: PrivateRedis) -> dict[str, t.A
         time.sleep(0.5)  # let the listeners settle before the figures start
         pids = [proc.pid for proc in procs]
         cpu0 = [cpu_seconds(pid) for pid in pids]
-        got0 = _bytes_received(server.port)
+        got0 = _bytes_received(server.ports)
         out0 = out_bytes()
         n = int(args.rate * args.seconds)
         body = "x" * args.payload
@@ -169,7 +202,7 @@ def one(p: int, args: argparse.Namespace, server: PrivateRedis) -> dict[str, t.A
             publisher.broadcast_to_topic(topics[i % len(topics)], body)
         time.sleep(1.0)  # the last events reach their readers
         cpu = [cpu_seconds(pid) - c for pid, c in zip(pids, cpu0, strict=True)]
-        got = _bytes_received(server.port)
+        got = _bytes_received(server.ports)
         read = [got.get(pid, 0) - got0.get(pid, 0) for pid in pids]
         out = out_bytes() - out0
         received = 0
@@ -200,7 +233,7 @@ def one(p: int, args: argparse.Namespace, server: PrivateRedis) -> dict[str, t.A
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--node":
-        node(sys.argv[2], sys.argv[3], sys.argv[4].split(","))
+        node(sys.argv[2], sys.argv[3], sys.argv[4].split(","), sys.argv[5] == "cluster")
         return 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks.routing", description=__doc__)
     parser.add_argument("--processes", default="1,4,16")
@@ -210,11 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payload", type=int, default=100, help="bytes of data per event")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", default="")
+    parser.add_argument("--cluster", action="store_true", help="a 3-primary Redis Cluster")
     args = parser.parse_args(argv)
     import tempfile
 
     tmp = tempfile.mkdtemp(prefix="sse-bench-routing-")
-    server = PrivateRedis(tmp)
+    server = PrivateCluster() if args.cluster else PrivateRedis(tmp)
     rows = []
     try:
         for run in range(args.runs):

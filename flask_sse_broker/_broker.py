@@ -92,8 +92,8 @@ class SSEBroker:
         """
         old = self.config
         backend_changed = not self._backend_given and (
-            (old.redis_url, old.redis_prefix, old.history_size)
-            != (config.redis_url, config.redis_prefix, config.history_size)
+            (old.redis_url, old.redis_cluster, old.redis_prefix, old.history_size)
+            != (config.redis_url, config.redis_cluster, config.redis_prefix, config.history_size)
         )
         if not backend_changed:
             self.config = self._hub.config = config
@@ -263,8 +263,7 @@ class SSEBroker:
         if reset:
             replay.reset = True
         conn._head = self._first_frames(client, replay, token, shared)
-        if replay.envelopes:
-            conn._skip_through = replay.envelopes[-1].seq
+        conn._skip_through = replay.skip_through
         if first:
             hub.opened(client)
         return conn

@@ -77,6 +77,10 @@ class SSEConfig:
     authorize: t.Callable[[str], bool] | None = None
     #: ``None`` selects the in-process backend; a ``redis://`` URL the Redis one.
     redis_url: str | None = None
+    #: Run on a Redis Cluster (Redis 7+; ``redis_url`` names any node): topics
+    #: hash to history partitions spread over the shards, each with its own
+    #: stream and sharded pub/sub channel. See docs/redis-cluster.rst.
+    redis_cluster: bool = False
     #: Prefix of every Redis key and channel the Redis backend uses, so several
     #: apps (or test runs) can share one Redis without seeing each other's events.
     redis_prefix: str = "flask_sse"
@@ -136,6 +140,10 @@ class SSEConfig:
             raise ValueError(f"write_timeout must be >= 0 or None: {self.write_timeout!r}")
         if not isinstance(self.session_ttl, (int, float)) or self.session_ttl < 0:
             raise ValueError(f"session_ttl must be >= 0: {self.session_ttl!r}")
+        if not isinstance(self.redis_cluster, bool):
+            raise ValueError(f"redis_cluster must be a bool: {self.redis_cluster!r}")
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("redis_cluster needs redis_url (the URL of any node of the cluster)")
         if self.overflow not in _OVERFLOW_POLICIES:
             raise ValueError(f"overflow must be one of {_OVERFLOW_POLICIES}: {self.overflow!r}")
 

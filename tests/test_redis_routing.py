@@ -242,4 +242,3 @@ def test_an_unsubscribe_reaches_a_process_that_remembers_an_older_session(cluste
     wait_for(lambda: not a.is_connected("alice"), 10, what="alice gone from A")
     third = ConnectionReader(b.open_stream("alice"))
     assert third.connected()["topics"] == ["a"]
-

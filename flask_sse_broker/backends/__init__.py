@@ -20,6 +20,12 @@ __all__ = ["Backend", "MemoryBackend", "Replay", "backend_for"]
 
 def backend_for(config: SSEConfig) -> Backend:
     """The backend ``config`` selects: Redis for a ``redis_url``, else in process."""
+    if config.redis_url and config.redis_cluster:
+        from ._redis_cluster import RedisClusterBackend
+
+        return RedisClusterBackend(
+            config.redis_url, history_size=config.history_size, prefix=config.redis_prefix
+        )
     if config.redis_url:
         from .redis import RedisBackend
 

@@ -83,6 +83,8 @@ class Channels:
         self._on_message = on_message
         self._settle = settle
         # Sharded pub/sub has no pattern form: globs are for a plain Redis.
+        # And one SSUBSCRIBE names channels of one slot: one each.
+        self._sharded = sharded
         self._commands = {
             True: ("SSUBSCRIBE" if sharded else "SUBSCRIBE", "PSUBSCRIBE"),
             False: ("SUNSUBSCRIBE" if sharded else "UNSUBSCRIBE", "PUNSUBSCRIBE"),
@@ -194,8 +196,9 @@ class Channels:
         names = [c for c in channels if not is_pattern_key(c)]
         globs = [c[1:] for c in channels if is_pattern_key(c)]
         try:
-            if names:
-                self._conn.send_command(by_name, *names)
+            batches = [[name] for name in names] if self._sharded else [names]
+            for batch in (b for b in batches if b):
+                self._conn.send_command(by_name, *batch)
             if globs:
                 self._conn.send_command(command_for_globs, *globs)
         except (redis.RedisError, OSError):

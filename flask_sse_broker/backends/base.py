@@ -55,7 +55,7 @@ import logging
 import typing as t
 from dataclasses import dataclass, field
 
-from .._wire import Audience, Envelope, parse_event_id
+from .._wire import Audience, Envelope, Seq, parse_event_id
 
 if t.TYPE_CHECKING:
     from .._connection import SSEClient
@@ -86,6 +86,19 @@ class Replay:
     envelopes: list[Envelope] = field(default_factory=list)
     reset: bool = False
     cursor: str | None = None
+    #: Live events up to this ``seq`` are dropped from the new stream (the
+    #: replay sent them, or they precede its start); ``None``: up to the last
+    #: replayed envelope's. A backend whose ``seq`` is not the replay's order
+    #: (the cluster's) sets it.
+    skip: Seq | None = None
+
+    @property
+    def skip_through(self) -> Seq | None:
+        """Where the stream's live events start: :attr:`skip`, else the last
+        replayed envelope's ``seq``."""
+        if self.skip is not None:
+            return self.skip
+        return self.envelopes[-1].seq if self.envelopes else None
 
 
 class Backend:
