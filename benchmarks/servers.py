@@ -148,6 +148,7 @@ def _gunicorn(app: str, worker: str, port: int, workers: int = 1) -> list[str]:
 #: "before" of a before/after in one run.
 BASE_REV = os.environ.get("BENCH_BASE_REV", "HEAD")
 
+
 class _Impls(dict[str, Impl]):
     """The servers by name; ``ours@<rev>`` is the library at any git revision
     (``git archive``), so several revisions run side by side in one sitting."""
@@ -155,79 +156,83 @@ class _Impls(dict[str, Impl]):
     def __missing__(self, name: str) -> Impl:
         if name.startswith("ours@"):
             rev = name.split("@", 1)[1]
-            impl = Impl(
-                name, f"flask-sse-broker at git {rev}", "/_sse/connect?topics={topic}", extra={"package_from": rev}
-            )
+            label = f"flask-sse-broker at git {rev}"
+            impl = Impl(name, label, "/_sse/connect?topics={topic}", extra={"package_from": rev})
             self[name] = impl
             return impl
         raise KeyError(name)
 
 
-IMPLS = _Impls({
-    "ours": Impl("ours", "flask-sse-broker (gunicorn gevent)", "/_sse/connect?topics={topic}"),
-    "ours-pywsgi": Impl(
-        "ours-pywsgi", "flask-sse-broker (gunicorn gevent_pywsgi)", "/_sse/connect?topics={topic}"
-    ),
-    "ours-event": Impl(
-        "ours-event",
-        "flask-sse-broker, an Event per stream (before)",
-        "/_sse/connect?topics={topic}",
-        extra={"env": {"BENCH_WAKE": "event"}},
-    ),
-    "ours-head": Impl(
-        "ours-head",
-        f"flask-sse-broker at git {BASE_REV} (before)",
-        "/_sse/connect?topics={topic}",
-        extra={"package_from": BASE_REV},
-    ),
-    "ours-metrics": Impl(
-        "ours-metrics",
-        "flask-sse-broker with SSE_METRICS on",
-        "/_sse/connect?topics={topic}",
-        needs=("prometheus_client",),
-        extra={"env": {"BENCH_METRICS": "1"}},
-    ),
-    "ours-redis": Impl(
-        "ours-redis",
-        "flask-sse-broker + Redis backend (1 worker)",
-        "/_sse/connect?topics={topic}",
-        needs=("redis",),
-        extra={"redis": True},
-    ),
-    "ours-redis-head": Impl(
-        "ours-redis-head",
-        f"flask-sse-broker + Redis backend at git {BASE_REV} (before)",
-        "/_sse/connect?topics={topic}",
-        needs=("redis",),
-        extra={"redis": True, "package_from": BASE_REV},
-    ),
-    "ours-redis-w2": Impl(
-        "ours-redis-w2",
-        "flask-sse-broker + Redis backend (2 workers)",
-        "/_sse/connect?topics={topic}",
-        needs=("redis",),
-        extra={"redis": True, "workers": 2},
-    ),
-    "handwritten": Impl(
-        "handwritten", "hand-written Flask + queue.Queue (gunicorn gevent)", "/stream?topic={topic}"
-    ),
-    "handwritten-pywsgi": Impl(
-        "handwritten-pywsgi",
-        "hand-written Flask + queue.Queue (gunicorn gevent_pywsgi)",
-        "/stream?topic={topic}",
-    ),
-    "starlette": Impl(
-        "starlette",
-        "sse-starlette (uvicorn)",
-        "/stream?topic={topic}",
-        forked_worker=False,
-        needs=("sse_starlette", "uvicorn"),
-    ),
-    "nchan": Impl("nchan", "nginx + Nchan", "/sub?topic={topic}", "/pub?topic={topic}"),
-    "flask-sse": Impl(
-        "flask-sse", "flask-sse + Redis (gunicorn gevent)", "/stream?channel={topic}", needs=("flask_sse",)
-    ),
-})
+IMPLS = _Impls(
+    {
+        "ours": Impl("ours", "flask-sse-broker (gunicorn gevent)", "/_sse/connect?topics={topic}"),
+        "ours-pywsgi": Impl(
+            "ours-pywsgi", "flask-sse-broker (gunicorn gevent_pywsgi)", "/_sse/connect?topics={topic}"
+        ),
+        "ours-event": Impl(
+            "ours-event",
+            "flask-sse-broker, an Event per stream (before)",
+            "/_sse/connect?topics={topic}",
+            extra={"env": {"BENCH_WAKE": "event"}},
+        ),
+        "ours-head": Impl(
+            "ours-head",
+            f"flask-sse-broker at git {BASE_REV} (before)",
+            "/_sse/connect?topics={topic}",
+            extra={"package_from": BASE_REV},
+        ),
+        "ours-metrics": Impl(
+            "ours-metrics",
+            "flask-sse-broker with SSE_METRICS on",
+            "/_sse/connect?topics={topic}",
+            needs=("prometheus_client",),
+            extra={"env": {"BENCH_METRICS": "1"}},
+        ),
+        "ours-redis": Impl(
+            "ours-redis",
+            "flask-sse-broker + Redis backend (1 worker)",
+            "/_sse/connect?topics={topic}",
+            needs=("redis",),
+            extra={"redis": True},
+        ),
+        "ours-redis-head": Impl(
+            "ours-redis-head",
+            f"flask-sse-broker + Redis backend at git {BASE_REV} (before)",
+            "/_sse/connect?topics={topic}",
+            needs=("redis",),
+            extra={"redis": True, "package_from": BASE_REV},
+        ),
+        "ours-redis-w2": Impl(
+            "ours-redis-w2",
+            "flask-sse-broker + Redis backend (2 workers)",
+            "/_sse/connect?topics={topic}",
+            needs=("redis",),
+            extra={"redis": True, "workers": 2},
+        ),
+        "handwritten": Impl(
+            "handwritten", "hand-written Flask + queue.Queue (gunicorn gevent)", "/stream?topic={topic}"
+        ),
+        "handwritten-pywsgi": Impl(
+            "handwritten-pywsgi",
+            "hand-written Flask + queue.Queue (gunicorn gevent_pywsgi)",
+            "/stream?topic={topic}",
+        ),
+        "starlette": Impl(
+            "starlette",
+            "sse-starlette (uvicorn)",
+            "/stream?topic={topic}",
+            forked_worker=False,
+            needs=("sse_starlette", "uvicorn"),
+        ),
+        "nchan": Impl("nchan", "nginx + Nchan", "/sub?topic={topic}", "/pub?topic={topic}"),
+        "flask-sse": Impl(
+            "flask-sse",
+            "flask-sse + Redis (gunicorn gevent)",
+            "/stream?channel={topic}",
+            needs=("flask_sse",),
+        ),
+    }
+)
 
 #: The shared Redis of this machine (``ours-redis``): keys under a prefix of
 #: the run's own, deleted afterwards; never flushed.

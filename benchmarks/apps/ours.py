@@ -37,7 +37,10 @@ if os.environ.get("BENCH_DEEP"):
     def _deep(n: int) -> int:
         return _deep(n - 1) + 1 if n else 0
 
-    app.before_request(lambda: None if _deep(int(os.environ["BENCH_DEEP"])) < 0 else None)
+    @app.before_request
+    def _deeper() -> None:
+        _deep(int(os.environ["BENCH_DEEP"]))
+
 
 if os.environ.get("BENCH_STACKMAX"):
     # Profiling only: the deepest Python stack (bytes of frames, from the
@@ -68,6 +71,7 @@ if os.environ.get("BENCH_STACKMAX"):
         found = {"bytes": _deepest[0], "chain": _deepest[1]}
         _deepest[:] = [0, ""]
         return found
+
 
 if os.environ.get("BENCH_GC_STATS"):
     # Profiling only: how often the cyclic GC runs in the worker and for how long.
@@ -101,16 +105,10 @@ if os.environ.get("BENCH_GC_STATS"):
                 name = f"{type(o).__module__}.{type(o).__qualname__}"
                 count[name] += 1
                 size[name] += sys.getsizeof(o)
-            except Exception:  # noqa: BLE001, S112 - a proxy whose type or size cannot be read
+            except Exception:  # a proxy whose type or size cannot be read
                 continue
-        import traceback
-
         import greenlet
 
-        for g in gc.get_objects():
-            if isinstance(g, greenlet.greenlet) and g.gr_frame is not None and g._stack_saved > 2000:
-                count["stack:" + " > ".join(f"{f.name}:{f.lineno}" for f in traceback.extract_stack(g.gr_frame))] += 1
-                break
         saved = [g._stack_saved for g in gc.get_objects() if isinstance(g, greenlet.greenlet)]
         count["greenlet-stacks-saved"] = len(saved)
         size["greenlet-stacks-saved"] = sum(saved)
