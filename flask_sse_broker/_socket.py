@@ -116,14 +116,16 @@ def closed_peers(socks: t.Sequence[t.Any]) -> list[int]:
     if make_poll is None:
         return []
     poller = make_poll()
+    register = poller.register
     index: dict[int, int] = {}
     for i, sock in enumerate(socks):
         try:
-            fd = sock.fileno()
+            # Under gevent the real socket inside: its ``fileno`` is C.
+            fd = getattr(sock, "_sock", sock).fileno()
         except (OSError, AttributeError, ValueError):
             continue
         if fd >= 0:
-            poller.register(fd, _SUSPECT)
+            register(fd, _SUSPECT)
             index[fd] = i
     if not index:
         return []
