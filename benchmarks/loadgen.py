@@ -291,10 +291,13 @@ async def prime(group: Group, publisher: Publisher, topics: t.Iterable[int], tim
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     topics = sorted(set(topics))
+    by_topic: dict[int, list[SSEStream]] = {}
+    for s in group.streams:
+        by_topic.setdefault(s.topic, []).append(s)
     live = sum(1 for s in group.streams if s.state != DONE and s.transport is not None)
     while loop.time() < deadline:
         for tp in topics:
-            if not all(s.primed for s in group.streams if s.topic == tp and s.state != DONE):
+            if not all(s.primed for s in by_topic.get(tp, ()) if s.state != DONE):
                 await publisher.post(tp, b"prime")
         wait_until = loop.time() + 2.0
         while loop.time() < min(wait_until, deadline):

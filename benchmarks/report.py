@@ -96,13 +96,18 @@ def _connections(rows: list[Row]) -> list[str]:
     lines = [
         "### Idle connections (heartbeat every 5 s)",
         "",
-        "| connections | server | succeeded | RSS KiB / connection | idle CPU % |",
-        "|---:|---|---:|---:|---:|",
+        "Idle CPU % is the whole server (every process of its tree, master included: what `top`"
+        " shows), over a whole number of heartbeat periods; the workers-only column is the figure"
+        " counted before.",
+        "",
+        "| connections | server | succeeded | RSS KiB / connection | idle CPU % | workers only | load avg |",
+        "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(rows, key=lambda r: (r["connections"], _order(r["impl"]))):
         lines.append(
             f"| {r['connections']:,} | {_label(r['impl'])} | {_f(r['succeeded'], 0)} "
-            f"| {_f(r['rss_kib_per_connection'])} | {_f(r['idle_cpu_percent'], 2)} |"
+            f"| {_f(r['rss_kib_per_connection'])} | {_f(r['idle_cpu_percent'], 2)} "
+            f"| {_f(r.get('idle_cpu_percent_workers'), 2)} | {_f(r.get('load_average'), 1)} |"
         )
     return [*lines, ""]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import loadgen
 from .loadgen import CPUMeter, Group, Publisher
 from .report import markdown
-from .servers import IMPLS, LOADGEN_CPU, Impl, Running
+from .servers import IMPLS, LOADGEN_CPU, Impl, Running, cpu_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Load generator CPU use (share of one core) above which it, not the server,
@@ -224,11 +224,28 @@ async def topics(
         server.stop()
 
 
+def idle_window_for(requested: float, heartbeat: float) -> float:
+    """The idle window: a whole number of heartbeat periods (at least two),
+    so it holds the same number of heartbeat rounds wherever it starts."""
+    if heartbeat <= 0:
+        return requested
+    rounds = max(2, round(requested / heartbeat))
+    return rounds * heartbeat
+
+
 async def connections(
-    impl_name: str, sizes: list[int], idle_window: float, heartbeat: float
+    impl_name: str, sizes: list[int], idle_window: float, heartbeat: float, distinct_topics: bool = False
 ) -> list[dict[str, t.Any]]:
-    """Open ``sizes`` idle streams cumulatively on one server; RSS and idle CPU at each."""
+    """Open ``sizes`` idle streams cumulatively on one server; RSS and idle
+    CPU of the whole server (every process of its tree) at each.
+
+    Each stream is ``GET <stream path>`` of topic 0, or of a topic of its own
+    (``distinct_topics``). The window starts once every stream has received
+    a primed event (so no stream is still being set up) and lasts a whole
+    number of heartbeat periods.
+    """
     server = Running(IMPLS[impl_name], heartbeat)
+    window = idle_window_for(idle_window, heartbeat)
     out = []
     try:
         impl = server.impl
@@ -242,27 +259,40 @@ async def connections(
             group = Group(1, keep_latency=False)
             groups.append(group)
             t0 = time.monotonic()
-            await loadgen.open_streams(group, server.port, _stream_path(impl), [0] * (n - opened), timeout=90)
-            await loadgen.prime(group, publisher, [0], timeout=30)
+            topics = list(range(opened, n)) if distinct_topics else [0] * (n - opened)
+            await loadgen.open_streams(group, server.port, _stream_path(impl), topics, timeout=90)
+            await loadgen.prime(group, publisher, sorted(set(topics)), timeout=60)
             open_s = time.monotonic() - t0
             opened = n
             await asyncio.sleep(1.0)
             alive = sum(1 for g in groups for s in g.streams if s.primed and s.state != loadgen.DONE)
             rss = server.rss()
             meter = CPUMeter()
-            cpu0 = server.cpu()
+            pids = server.measured_pids()
+            per_pid0 = {pid: cpu_seconds(pid) for pid in pids}
+            workers0 = server.worker_cpu()
+            load = os.getloadavg()[0]
             w0 = time.monotonic()
-            await asyncio.sleep(idle_window)
-            idle = (server.cpu() - cpu0) / (time.monotonic() - w0)
+            await asyncio.sleep(window)
+            per_pid = {pid: cpu_seconds(pid) - per_pid0[pid] for pid in pids}
+            workers = server.worker_cpu() - workers0
+            elapsed = time.monotonic() - w0
+            idle = sum(per_pid.values()) / elapsed
             alive_after = sum(1 for g in groups for s in g.streams if s.primed and s.state != loadgen.DONE)
             result = {
                 "scenario": "connections",
                 "connections": n,
+                "topics": len(set(topics)) if distinct_topics else 1,
                 "succeeded": min(alive, alive_after),
                 "open_seconds": round(open_s, 2),
                 "rss_mib": round(rss / 2**20, 1),
                 "rss_kib_per_connection": round((rss - rss0) / 1024 / max(1, alive), 2),
                 "idle_cpu_percent": round(idle * 100, 2),
+                # The figure before the whole tree was counted: workers only.
+                "idle_cpu_percent_workers": round(workers / elapsed * 100, 2),
+                "idle_cpu_percent_by_process": [round(v / elapsed * 100, 3) for v in per_pid.values()],
+                "idle_window_s": round(elapsed, 2),
+                "load_average": round(load, 2),
                 "loadgen_cpu": meter.utilisation(),
                 "server_alive": server.alive(),
             }
@@ -294,6 +324,9 @@ def _log(impl: str, result: dict[str, t.Any]) -> None:
         "succeeded",
         "rss_kib_per_connection",
         "idle_cpu_percent",
+        "idle_cpu_percent_workers",
+        "idle_cpu_percent_by_process",
+        "load_average",
         "exact",
         "loadgen_cpu",
     )
@@ -366,7 +399,9 @@ async def one_run(impls: list[str], args: argparse.Namespace) -> list[dict[str, 
                     {"impl": name, **await topics(name, 1000, 100, args.topic_messages, hb, args.publishers)}
                 )
             if "connections" in args.scenarios and name in args.connection_impls:
-                for r in await connections(name, args.connection_sizes, args.idle_window, hb):
+                for r in await connections(
+                    name, args.connection_sizes, args.idle_window, hb, args.idle_topics == "distinct"
+                ):
                     rows.append({"impl": name, **r})
         except Exception as e:  # one server failing must not lose the others' figures
             print(f"  [{name}] FAILED: {e!r}", flush=True)
@@ -421,7 +456,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=20.0)
     parser.add_argument("--topic-messages", type=int, default=20)
     parser.add_argument("--heartbeat", type=float, default=5.0)
-    parser.add_argument("--idle-window", type=float, default=10.0, help="seconds of idle CPU measurement")
+    parser.add_argument(
+        "--idle-window",
+        type=float,
+        default=20.0,
+        help="seconds of idle CPU measurement, rounded to a whole number (>= 2) of heartbeat periods",
+    )
+    parser.add_argument(
+        "--idle-topics",
+        choices=("one", "distinct"),
+        default="one",
+        help="idle streams on one topic, or each on a topic of its own",
+    )
     parser.add_argument("--publishers", type=int, default=4, help="concurrent publishers in the topics burst")
     parser.add_argument("--no-micro", action="store_true")
     parser.add_argument("--tag", default="", help="suffix of the result files")
@@ -431,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         args.steady = 40
         args.burst = 100
         args.connection_sizes = "1000,5000"
-        args.idle_window = 5.0
+        args.idle_window = 10.0
     args.fanout_sizes = [int(x) for x in args.fanout_sizes.split(",")]
     args.connection_sizes = [int(x) for x in args.connection_sizes.split(",")]
     args.scenarios = set(args.scenarios.split(","))

@@ -50,7 +50,12 @@ def cpu_seconds(pid: int) -> float:
         return total_ticks / CLK_TCK
     if not live_ns:
         return total_ticks / CLK_TCK
-    return live_ns / 1e9 + max(0, total_ticks - live_ticks) / CLK_TCK
+    # The process's ticks and its threads' are rounded separately (the
+    # kernel's ``cputime_adjust``): a difference of one tick is that rounding,
+    # not an exited thread, and counting it made an idle process's CPU jump
+    # by 10 ms between two reads (even backwards).
+    exited = total_ticks - live_ticks
+    return live_ns / 1e9 + (exited if exited > 1 else 0) / CLK_TCK
 
 
 def _stat_ticks(path: str) -> int:
@@ -63,8 +68,19 @@ def _stat_ticks(path: str) -> int:
 
 
 def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/statm", "rb") as f:
-        return int(f.read().split()[1]) * PAGE
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * PAGE
+    except OSError:  # exited meanwhile
+        return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, parents first."""
+    out = [pid]
+    for child in children(pid):
+        out += descendants(child)
+    return out
 
 
 def children(pid: int) -> list[int]:
@@ -132,71 +148,91 @@ def _gunicorn(app: str, worker: str, port: int, workers: int = 1) -> list[str]:
 #: "before" of a before/after in one run.
 BASE_REV = os.environ.get("BENCH_BASE_REV", "HEAD")
 
-IMPLS: dict[str, Impl] = {
-    "ours": Impl("ours", "flask-sse-broker (gunicorn gevent)", "/_sse/connect?topics={topic}"),
-    "ours-pywsgi": Impl(
-        "ours-pywsgi", "flask-sse-broker (gunicorn gevent_pywsgi)", "/_sse/connect?topics={topic}"
-    ),
-    "ours-event": Impl(
-        "ours-event",
-        "flask-sse-broker, an Event per stream (before)",
-        "/_sse/connect?topics={topic}",
-        extra={"env": {"BENCH_WAKE": "event"}},
-    ),
-    "ours-head": Impl(
-        "ours-head",
-        f"flask-sse-broker at git {BASE_REV} (before)",
-        "/_sse/connect?topics={topic}",
-        extra={"package_from": BASE_REV},
-    ),
-    "ours-metrics": Impl(
-        "ours-metrics",
-        "flask-sse-broker with SSE_METRICS on",
-        "/_sse/connect?topics={topic}",
-        needs=("prometheus_client",),
-        extra={"env": {"BENCH_METRICS": "1"}},
-    ),
-    "ours-redis": Impl(
-        "ours-redis",
-        "flask-sse-broker + Redis backend (1 worker)",
-        "/_sse/connect?topics={topic}",
-        needs=("redis",),
-        extra={"redis": True},
-    ),
-    "ours-redis-head": Impl(
-        "ours-redis-head",
-        f"flask-sse-broker + Redis backend at git {BASE_REV} (before)",
-        "/_sse/connect?topics={topic}",
-        needs=("redis",),
-        extra={"redis": True, "package_from": BASE_REV},
-    ),
-    "ours-redis-w2": Impl(
-        "ours-redis-w2",
-        "flask-sse-broker + Redis backend (2 workers)",
-        "/_sse/connect?topics={topic}",
-        needs=("redis",),
-        extra={"redis": True, "workers": 2},
-    ),
-    "handwritten": Impl(
-        "handwritten", "hand-written Flask + queue.Queue (gunicorn gevent)", "/stream?topic={topic}"
-    ),
-    "handwritten-pywsgi": Impl(
-        "handwritten-pywsgi",
-        "hand-written Flask + queue.Queue (gunicorn gevent_pywsgi)",
-        "/stream?topic={topic}",
-    ),
-    "starlette": Impl(
-        "starlette",
-        "sse-starlette (uvicorn)",
-        "/stream?topic={topic}",
-        forked_worker=False,
-        needs=("sse_starlette", "uvicorn"),
-    ),
-    "nchan": Impl("nchan", "nginx + Nchan", "/sub?topic={topic}", "/pub?topic={topic}"),
-    "flask-sse": Impl(
-        "flask-sse", "flask-sse + Redis (gunicorn gevent)", "/stream?channel={topic}", needs=("flask_sse",)
-    ),
-}
+
+class _Impls(dict[str, Impl]):
+    """The servers by name; ``ours@<rev>`` is the library at any git revision
+    (``git archive``), so several revisions run side by side in one sitting."""
+
+    def __missing__(self, name: str) -> Impl:
+        if name.startswith("ours@"):
+            rev = name.split("@", 1)[1]
+            label = f"flask-sse-broker at git {rev}"
+            impl = Impl(name, label, "/_sse/connect?topics={topic}", extra={"package_from": rev})
+            self[name] = impl
+            return impl
+        raise KeyError(name)
+
+
+IMPLS = _Impls(
+    {
+        "ours": Impl("ours", "flask-sse-broker (gunicorn gevent)", "/_sse/connect?topics={topic}"),
+        "ours-pywsgi": Impl(
+            "ours-pywsgi", "flask-sse-broker (gunicorn gevent_pywsgi)", "/_sse/connect?topics={topic}"
+        ),
+        "ours-event": Impl(
+            "ours-event",
+            "flask-sse-broker, an Event per stream (before)",
+            "/_sse/connect?topics={topic}",
+            extra={"env": {"BENCH_WAKE": "event"}},
+        ),
+        "ours-head": Impl(
+            "ours-head",
+            f"flask-sse-broker at git {BASE_REV} (before)",
+            "/_sse/connect?topics={topic}",
+            extra={"package_from": BASE_REV},
+        ),
+        "ours-metrics": Impl(
+            "ours-metrics",
+            "flask-sse-broker with SSE_METRICS on",
+            "/_sse/connect?topics={topic}",
+            needs=("prometheus_client",),
+            extra={"env": {"BENCH_METRICS": "1"}},
+        ),
+        "ours-redis": Impl(
+            "ours-redis",
+            "flask-sse-broker + Redis backend (1 worker)",
+            "/_sse/connect?topics={topic}",
+            needs=("redis",),
+            extra={"redis": True},
+        ),
+        "ours-redis-head": Impl(
+            "ours-redis-head",
+            f"flask-sse-broker + Redis backend at git {BASE_REV} (before)",
+            "/_sse/connect?topics={topic}",
+            needs=("redis",),
+            extra={"redis": True, "package_from": BASE_REV},
+        ),
+        "ours-redis-w2": Impl(
+            "ours-redis-w2",
+            "flask-sse-broker + Redis backend (2 workers)",
+            "/_sse/connect?topics={topic}",
+            needs=("redis",),
+            extra={"redis": True, "workers": 2},
+        ),
+        "handwritten": Impl(
+            "handwritten", "hand-written Flask + queue.Queue (gunicorn gevent)", "/stream?topic={topic}"
+        ),
+        "handwritten-pywsgi": Impl(
+            "handwritten-pywsgi",
+            "hand-written Flask + queue.Queue (gunicorn gevent_pywsgi)",
+            "/stream?topic={topic}",
+        ),
+        "starlette": Impl(
+            "starlette",
+            "sse-starlette (uvicorn)",
+            "/stream?topic={topic}",
+            forked_worker=False,
+            needs=("sse_starlette", "uvicorn"),
+        ),
+        "nchan": Impl("nchan", "nginx + Nchan", "/sub?topic={topic}", "/pub?topic={topic}"),
+        "flask-sse": Impl(
+            "flask-sse",
+            "flask-sse + Redis (gunicorn gevent)",
+            "/stream?channel={topic}",
+            needs=("flask_sse",),
+        ),
+    }
+)
 
 #: The shared Redis of this machine (``ours-redis``): keys under a prefix of
 #: the run's own, deleted afterwards; never flushed.
@@ -414,16 +450,31 @@ class Running:
         self.stop()
         raise RuntimeError(f"{self.impl.name} did not start: {self.read_log()}")
 
+    def tree(self) -> list[int]:
+        """Every process of the server: the one started and all its
+        descendants (gunicorn's master and workers, nginx's master and
+        workers, uvicorn's one process), read afresh at each call."""
+        return descendants(self.proc.pid)
+
+    def worker_pids(self) -> list[int]:
+        """The workers only (gunicorn's, nginx's; uvicorn's one process): what
+        the idle figure counted before it counted the whole tree."""
+        return list(getattr(self, "workers", None) or [self.pid])
+
     def measured_pids(self) -> list[int]:
-        """The workers, plus helpers that do the delivery work (Redis for
-        flask-sse and for our Redis mode)."""
-        pids = list(getattr(self, "workers", None) or [self.pid])
+        """What ``top`` would show for the whole server: every process of its
+        tree (master included), plus helpers that do the delivery work (Redis
+        for flask-sse and for our Redis mode)."""
+        pids = self.tree()
         if self.redis_pid is not None:
             pids.append(self.redis_pid)
-        return [*pids, *(p.pid for p in self.extra)]
+        return [*pids, *(p.pid for p in self.extra if p.pid not in pids)]
 
     def cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.measured_pids())
+
+    def worker_cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.worker_pids())
 
     def rss(self) -> int:
         return sum(rss_bytes(pid) for pid in self.measured_pids())

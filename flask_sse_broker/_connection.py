@@ -10,7 +10,7 @@ import time
 import typing as t
 from bisect import bisect_left
 
-from ._socket import peer_closed
+from ._socket import CHECK_BEFORE_HEARTBEAT, peer_closed
 from ._timing import BUCKETS
 from ._topics import Subscriptions
 from ._wire import HEARTBEAT_FRAME, Envelope, Frame, Seq, shared_frame
@@ -179,7 +179,8 @@ class SSEConnection:
             if timing is not None and batch:
                 self._unrecorded = batch
             if len(batch) == 1:  # a heartbeat, or a stream keeping up
-                if batch[0] is HEARTBEAT_FRAME and peer_closed(self._peer):
+                # A closed peer is found by the heartbeat pass's poll, else here.
+                if batch[0] is HEARTBEAT_FRAME and CHECK_BEFORE_HEARTBEAT and peer_closed(self._peer):
                     self.close()
                     raise StopIteration
                 return shared_frame(batch[0]) if self._shared else batch[0].frame

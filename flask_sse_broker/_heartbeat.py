@@ -1,7 +1,9 @@
 """The heartbeat loop: one per broker, on a thread (a greenlet under gevent).
 
-Each pass asks the hub to queue a heartbeat on every idle connection (the
-write is how WSGI finds a dead peer) and to forget expired sessions.
+Each pass first ends the streams whose peer has already closed its end (one
+``poll`` of every stream's socket, :func:`close_dead_peers`), then asks the
+hub to queue a heartbeat on every idle connection (the write is how WSGI
+finds a peer that vanished without closing) and to forget expired sessions.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 import typing as t
+
+from ._socket import closed_peers
 
 if t.TYPE_CHECKING:
     from ._hub import Hub
@@ -37,6 +41,20 @@ def run_heartbeats(hub: Hub, interval: t.Callable[[], float], stopped: t.Callabl
             continue
         last = now
         try:
+            if seconds > 0:
+                close_dead_peers(hub)
             hub.beat(heartbeats=seconds > 0)
         except Exception:  # pragma: no cover - keep beating whatever happens
             logger.exception("heartbeat pass failed")
+
+
+def close_dead_peers(hub: Hub) -> int:
+    """End every open stream whose client has closed its end of the socket;
+    return how many. A stream whose server exposes no socket is left to its
+    writes."""
+    with hub.lock:
+        conns = [conn for conn in hub._connections if conn._peer is not None and not conn._closed]
+    dead = closed_peers([conn._peer for conn in conns])
+    for i in dead:
+        conns[i].close()
+    return len(dead)
