@@ -32,6 +32,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .._topics import Subscriptions, is_pattern
+from .._wake import awaiting_reply, replied
 from ..exceptions import BackendError, BrokerUnavailable, ClientNotFound, InvalidEventId, TooManyTopics
 from ._redis_channels import is_pattern_key
 from ._redis_keys import ORIGIN, PUBLISH_SCRIPT, RedisKeys, encode_control, entry_envelope, text
@@ -188,6 +189,7 @@ class RedisBackend(Backend):
         """
         key = idempotency_key or secrets.token_urlsafe(16)
         script_args = self._script_args(audience, target, body, key)
+        batch = awaiting_reply()
         try:
             try:
                 self._publish_script(**script_args)
@@ -201,6 +203,8 @@ class RedisBackend(Backend):
             error = _error("publishing the event failed", e)
             error.idempotency_key = key
             raise error from e
+        finally:
+            replied(batch)
         return self.hub.recipient_count(audience, target)
 
     def publish_batch(self, items: t.Sequence[tuple[Audience, str | None, bytes]]) -> list[tuple[str, int]]:
