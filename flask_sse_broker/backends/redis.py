@@ -38,6 +38,7 @@ from ._redis_channels import is_pattern_key
 from ._redis_keys import ORIGIN, PUBLISH_SCRIPT, RedisKeys, encode_control, entry_envelope, text
 from ._redis_listener import RedisListener
 from ._redis_presence import RedisPresence
+from ._redis_publish import ScriptCaller
 from ._redis_routes import Routes
 from .base import Audience, Backend, Replay, logger
 
@@ -112,6 +113,9 @@ class RedisBackend(Backend):
         #: The pub/sub connection's own pool, so it never takes a command slot.
         self._pubsub_pool = self._make_pool(1, self.socket_timeout + self.connect_timeout, protocol=2)
         self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
+        # The hot path: the same script on connections of its own, without
+        # redis-py's per-command layers (the pool when they are all busy).
+        self._publish_call = ScriptCaller(self._pool, PUBLISH_SCRIPT, self.pool_size, self._publish_script)
         self._presence = RedisPresence(self._redis, self._keys, self.node, self)
         # The listener's own commands (catch-up, settles) never queue behind
         # a storm of requests for the pool: one connection of its own.
@@ -159,6 +163,7 @@ class RedisBackend(Backend):
     def close(self) -> None:
         self._listener.stop()
         self._presence.stop()
+        self._publish_call.close()
         if self._listener.ready.is_set() or self._presence.has_pending:
             self._presence.forget_process()
         self._pool.disconnect()
@@ -192,13 +197,13 @@ class RedisBackend(Backend):
         batch = awaiting_reply()
         try:
             try:
-                self._publish_script(**script_args)
+                self._publish_call(**script_args)
             except redis.ConnectionError:
                 # Most often a pooled connection that died with a Redis restart:
                 # once more on a fresh one, safe under the same key. Not after
                 # a timeout: a hung Redis would only make the publisher wait
                 # twice as long.
-                self._publish_script(**script_args)
+                self._publish_call(**script_args)
         except redis.RedisError as e:
             error = _error("publishing the event failed", e)
             error.idempotency_key = key
