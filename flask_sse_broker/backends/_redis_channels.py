@@ -124,8 +124,10 @@ class Channels:
         #: While not ``None``, messages are kept here instead of handled (see
         #: :meth:`hold`).
         self._held: list[bytes] | None = None
-        #: Messages received (a counter for tests and stats).
+        #: Messages received, and socket reads that brought replies (counters
+        #: for tests and stats).
         self.received = 0
+        self.reads = 0
 
     # -- wanted channels (any thread) -----------------------------------------
 
@@ -257,6 +259,7 @@ class Channels:
             return False
         # Everything the socket holds, in one call: a burst is one wake-up.
         reader.fill()
+        self.reads += 1
         for reply in reader.replies():
             self._handle(reply)
         if self._settling:

@@ -57,9 +57,10 @@ class ScriptCaller:
         try:
             conn = self._free.pop()
         except IndexError:
-            conn = self._make()
-            if conn is None:
+            made = self._make()
+            if made is None:
                 return self._fallback(keys, args)
+            conn = made
         try:
             return self._call(conn, keys, args)
         except redis.ResponseError:
@@ -77,14 +78,15 @@ class ScriptCaller:
 
     def _call(self, conn: redis.Connection, keys: list[t.Any], args: list[t.Any]) -> t.Any:
         tail = [str(len(keys)).encode(), *map(_bytes, keys), *map(_bytes, args)]
-        conn.send_packed_command([_pack(b"EVALSHA", self._sha, *tail)], check_health=False)
+        send = t.cast(t.Callable[..., None], conn.send_packed_command)  # stubs say str; bytes are sent as is
+        send([_pack(b"EVALSHA", self._sha, *tail)], check_health=False)
         try:
             return conn.read_response()
         except NoScriptError:
             # A Redis that restarted, or was flushed: load it, once.
-            conn.send_packed_command([_pack(b"SCRIPT", b"LOAD", self._script)], check_health=False)
+            send([_pack(b"SCRIPT", b"LOAD", self._script)], check_health=False)
             conn.read_response()
-            conn.send_packed_command([_pack(b"EVALSHA", self._sha, *tail)], check_health=False)
+            send([_pack(b"EVALSHA", self._sha, *tail)], check_health=False)
             return conn.read_response()
 
     def _make(self) -> redis.Connection | None:

@@ -82,6 +82,9 @@ class RedisBackend(Backend):
     connect_timeout = 1.0
     #: Connections in the command pool; callers beyond it wait their turn.
     pool_size = 8
+    #: Connections the publish script runs on besides the pool (no checkout
+    #: per publish); publishers beyond them go through the pool.
+    publish_connections = 4
     #: Seconds a command waits for a free connection of the pool. A storm of
     #: reconnects queues here rather than failing; an operation still fails
     #: fast when Redis itself is unreachable (a refused or timed-out connect).
@@ -115,7 +118,9 @@ class RedisBackend(Backend):
         self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
         # The hot path: the same script on connections of its own, without
         # redis-py's per-command layers (the pool when they are all busy).
-        self._publish_call = ScriptCaller(self._pool, PUBLISH_SCRIPT, self.pool_size, self._publish_script)
+        self._publish_call = ScriptCaller(
+            self._pool, PUBLISH_SCRIPT, self.publish_connections, self._publish_script
+        )
         self._presence = RedisPresence(self._redis, self._keys, self.node, self)
         # The listener's own commands (catch-up, settles) never queue behind
         # a storm of requests for the pool: one connection of its own.
