@@ -425,6 +425,11 @@ class Running:
     def cpu(self) -> float:
         return sum(cpu_seconds(pid) for pid in self.measured_pids())
 
+    def worker_cpu(self) -> float:
+        """The workers' CPU alone (without Redis: the shared one also serves
+        whatever else runs on the machine)."""
+        return sum(cpu_seconds(pid) for pid in getattr(self, "workers", None) or [self.pid])
+
     def rss(self) -> int:
         return sum(rss_bytes(pid) for pid in self.measured_pids())
 
