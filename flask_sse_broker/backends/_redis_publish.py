@@ -78,7 +78,7 @@ class ScriptCaller:
 
     def _call(self, conn: redis.Connection, keys: list[t.Any], args: list[t.Any]) -> t.Any:
         tail = [str(len(keys)).encode(), *map(_bytes, keys), *map(_bytes, args)]
-        send = t.cast(t.Callable[..., None], conn.send_packed_command)  # stubs say str; bytes are sent as is
+        send: t.Callable[..., None] = conn.send_packed_command  # stubs say str; bytes are sent as is
         send([_pack(b"EVALSHA", self._sha, *tail)], check_health=False)
         try:
             return conn.read_response()
