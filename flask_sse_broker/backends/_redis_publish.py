@@ -1,9 +1,10 @@
 """The publish script's round trip, without redis-py's per-command layers.
 
 A publish is the Redis backend's hot path: one ``EVALSHA`` per event, from
-every request that publishes. Through ``Redis.execute_command`` it costs about
-five times the socket calls it makes (connection pool checkout with a
-readiness probe, retry wrapper, argument encoders, observability hooks); here
+every request that publishes. Through ``Redis.execute_command`` a command
+costs about five times the CPU of its socket calls (connection pool checkout
+with a readiness probe, retry wrapper, argument encoders, observability
+hooks); here
 it is one ``send`` of a command packed once and one reply read, on a
 connection of this object's own. The connections are made from the command
 pool's settings (URL, timeouts, TLS, credentials, ``CLIENT SETNAME``), so they
@@ -46,6 +47,8 @@ class ScriptCaller:
         #: Idle connections, the most recently used last (it is warm).
         self._free: list[redis.Connection] = []
         self._made = 0
+        #: Guards ``_made`` (the free list needs no lock: ``pop`` and
+        #: ``append`` are atomic).
         self._lock = threading.Lock()
         self._closed = False
 
