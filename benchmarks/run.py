@@ -69,7 +69,7 @@ async def deliver(
     group.reset()
     await asyncio.sleep(0.3)
     meter = CPUMeter()
-    cpu0 = server.cpu()
+    cpu0, worker0 = server.cpu(), server.worker_cpu()
     t0 = time.time()
     counts = {"published": 0, "bad": 0}
 
@@ -92,7 +92,7 @@ async def deliver(
     published = counts["published"]
     statuses_bad = counts["bad"]
     t_pub = time.time()
-    cpu_at_last = server.cpu()
+    cpu_at_last, worker_at_last = server.cpu(), server.worker_cpu()
     seen = group.deliveries
     last_progress = time.monotonic()
     deadline = last_progress + DRAIN_TIMEOUT
@@ -102,11 +102,11 @@ async def deliver(
         if group.deliveries != seen:
             seen = group.deliveries
             last_progress = now
-            cpu_at_last = server.cpu()
+            cpu_at_last, worker_at_last = server.cpu(), server.worker_cpu()
         elif now - last_progress > QUIET or now > deadline:
             break
     else:
-        cpu_at_last = server.cpu()
+        cpu_at_last, worker_at_last = server.cpu(), server.worker_cpu()
     loadgen_cpu = meter.utilisation()
     lat = sorted(group.latencies)
     received = sum(len(s.counts) - s.counts.count(0) for s in group.streams if s.primed)
@@ -130,6 +130,8 @@ async def deliver(
         "max_ms": _ms(lat[-1] if lat else None),
         "server_cpu_s": cpu,
         "cpu_us_per_delivery": cpu / deliveries * 1e6 if deliveries else None,
+        # The worker alone: the Redis rows' figure above adds the shared Redis.
+        "worker_cpu_us_per_delivery": (worker_at_last - worker0) / deliveries * 1e6 if deliveries else None,
         "loadgen_cpu": loadgen_cpu,
         "loadgen_bottleneck": loadgen_cpu > LOADGEN_BOTTLENECK,
         "server_alive": server.alive(),

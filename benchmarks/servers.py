@@ -474,6 +474,8 @@ class Running:
         return sum(cpu_seconds(pid) for pid in self.measured_pids())
 
     def worker_cpu(self) -> float:
+        """The workers' CPU alone (without Redis: the shared one also serves
+        whatever else runs on the machine)."""
         return sum(cpu_seconds(pid) for pid in self.worker_pids())
 
     def rss(self) -> int:

@@ -40,6 +40,7 @@ import weakref
 import redis
 
 from .._wire import Seq
+from ._redis_resp import ReplyReader
 
 _SUBSCRIBED = (b"subscribe", b"ssubscribe", b"psubscribe")
 _UNSUBSCRIBED = (b"unsubscribe", b"sunsubscribe", b"punsubscribe")
@@ -93,6 +94,11 @@ class Channels:
         #: for a socket write at most, never for a read.
         self._lock = threading.Lock()
         self._conn: redis.connection.Connection | None = None
+        #: Reads the connection's replies, and the poll of its socket and of
+        #: the wake-up pipe (set while connected).
+        self._reader: ReplyReader | None = None
+        self._poller: t.Any = None
+        self._sock_fd = -1
         #: The channels this process wants.
         self._wanted: set[bytes] = set()
         #: Channel -> commands sent for it and not answered yet.
@@ -120,8 +126,10 @@ class Channels:
         #: While not ``None``, messages are kept here instead of handled (see
         #: :meth:`hold`).
         self._held: list[bytes] | None = None
-        #: Messages received (a counter for tests and stats).
+        #: Messages received, and socket reads that brought replies (counters
+        #: for tests and stats).
         self.received = 0
+        self.reads = 0
 
     # -- wanted channels (any thread) -----------------------------------------
 
@@ -213,8 +221,16 @@ class Channels:
         """Open the connection and subscribe every wanted channel (their
         confirmations arrive through :meth:`read`)."""
         conn = self._pool.get_connection()  # type: ignore[call-arg]
+        # Past the handshake only this object reads the socket (ReplyReader).
+        sock = conn._sock  # type: ignore[attr-defined]
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        poller.register(sock, select.POLLIN)
         with self._lock:
             self._conn = conn
+            self._reader = ReplyReader(sock)
+            self._poller = poller
+            self._sock_fd = sock.fileno()
             self._unanswered.clear()
             self._live.clear()
             self._settling.clear()
@@ -230,25 +246,25 @@ class Channels:
     def read(self, timeout: float) -> bool:
         """Handle every reply that arrives within ``timeout``; ``False`` when
         none did. :raises redis.ConnectionError: the connection is lost."""
-        conn = self._conn
-        if conn is None:
+        reader = self._reader
+        if reader is None:
             raise redis.ConnectionError("the pub/sub connection is closed")
         self._flush_outbox()
-        if not conn.can_read(timeout=0):
-            # Wait for Redis or for a request's wake-up, whichever comes first.
-            poller = select.poll()
-            poller.register(self._wake_r, select.POLLIN)
-            poller.register(conn._sock, select.POLLIN)  # type: ignore[attr-defined]
-            ready = {fd for fd, _ in poller.poll(timeout * 1000)}
-            if self._wake_r in ready:
-                self._drain_wake()
-                self._flush_outbox()
-            if not conn.can_read(timeout=0):
-                return False
-        while True:
-            self._handle(conn.read_response())
-            if not conn.can_read(timeout=0):
-                break
+        # Wait for Redis or for a request's wake-up, whichever comes first.
+        poller = self._poller
+        ready = {fd for fd, _ in poller.poll(timeout * 1000)}
+        if self._wake_r in ready:
+            self._drain_wake()
+            self._flush_outbox()
+            if self._sock_fd not in ready:
+                ready = {fd for fd, _ in poller.poll(0)}
+        if self._sock_fd not in ready:
+            return False
+        # Everything the socket holds, in one call: a burst is one wake-up.
+        reader.fill()
+        self.reads += 1
+        for reply in reader.replies():
+            self._handle(reply)
         if self._settling:
             self._settle_live()
         return True
@@ -323,6 +339,7 @@ class Channels:
         """Forget the connection (lost, or closing); nothing is live."""
         with self._lock:
             conn, self._conn = self._conn, None
+            self._reader = None
             self._live.clear()
             self._unanswered.clear()
             self._settling.clear()

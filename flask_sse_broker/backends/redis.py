@@ -32,11 +32,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .._topics import Subscriptions, is_pattern
+from .._wake import awaiting_reply, replied
 from ..exceptions import BackendError, BrokerUnavailable, ClientNotFound, InvalidEventId, TooManyTopics
 from ._redis_channels import is_pattern_key
 from ._redis_keys import ORIGIN, PUBLISH_SCRIPT, RedisKeys, encode_control, entry_envelope, text
 from ._redis_listener import RedisListener
 from ._redis_presence import RedisPresence
+from ._redis_publish import ScriptCaller
 from ._redis_routes import Routes
 from .base import Audience, Backend, Replay, logger
 
@@ -80,6 +82,9 @@ class RedisBackend(Backend):
     connect_timeout = 1.0
     #: Connections in the command pool; callers beyond it wait their turn.
     pool_size = 8
+    #: Connections the publish script runs on besides the pool (no checkout
+    #: per publish); publishers beyond them go through the pool.
+    publish_connections = 4
     #: Seconds a command waits for a free connection of the pool. A storm of
     #: reconnects queues here rather than failing; an operation still fails
     #: fast when Redis itself is unreachable (a refused or timed-out connect).
@@ -111,6 +116,11 @@ class RedisBackend(Backend):
         #: The pub/sub connection's own pool, so it never takes a command slot.
         self._pubsub_pool = self._make_pool(1, self.socket_timeout + self.connect_timeout, protocol=2)
         self._publish_script = self._redis.register_script(PUBLISH_SCRIPT)
+        # The hot path: the same script on connections of its own, without
+        # redis-py's per-command layers (the pool when they are all busy).
+        self._publish_call = ScriptCaller(
+            self._pool, PUBLISH_SCRIPT, self.publish_connections, self._publish_script
+        )
         self._presence = RedisPresence(self._redis, self._keys, self.node, self)
         # The listener's own commands (catch-up, settles) never queue behind
         # a storm of requests for the pool: one connection of its own.
@@ -158,6 +168,7 @@ class RedisBackend(Backend):
     def close(self) -> None:
         self._listener.stop()
         self._presence.stop()
+        self._publish_call.close()
         if self._listener.ready.is_set() or self._presence.has_pending:
             self._presence.forget_process()
         self._pool.disconnect()
@@ -188,19 +199,22 @@ class RedisBackend(Backend):
         """
         key = idempotency_key or secrets.token_urlsafe(16)
         script_args = self._script_args(audience, target, body, key)
+        batch = awaiting_reply()
         try:
             try:
-                self._publish_script(**script_args)
+                self._publish_call(**script_args)
             except redis.ConnectionError:
                 # Most often a pooled connection that died with a Redis restart:
                 # once more on a fresh one, safe under the same key. Not after
                 # a timeout: a hung Redis would only make the publisher wait
                 # twice as long.
-                self._publish_script(**script_args)
+                self._publish_call(**script_args)
         except redis.RedisError as e:
             error = _error("publishing the event failed", e)
             error.idempotency_key = key
             raise error from e
+        finally:
+            replied(batch)
         return self.hub.recipient_count(audience, target)
 
     def publish_batch(self, items: t.Sequence[tuple[Audience, str | None, bytes]]) -> list[tuple[str, int]]:
