@@ -106,7 +106,7 @@ class _ReaderChannels(Channels):
 
     def __init__(self, reader: Reader, pool: redis.ConnectionPool) -> None:
         super().__init__(pool, reader.handle, lambda: None, sharded=True)
-        self._reader = reader
+        self._owner = reader
         self._synced: set[bytes] = set()
 
     def _handle(self, reply: t.Any) -> None:
@@ -114,7 +114,7 @@ class _ReaderChannels(Channels):
         fresh = [c for c in self._settling if c not in self._synced]
         if fresh:
             self._synced.update(fresh)
-            self._reader.sync(fresh)
+            self._owner.sync(fresh)
 
     def _settle_live(self) -> None:
         self._synced.clear()
