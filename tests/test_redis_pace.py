@@ -85,12 +85,16 @@ def test_an_error_reply_raises_after_the_replies_before_it(pair: tuple[socket.so
     reader = ReplyReader(ours)
     redis_side.sendall(_message(b"c", b"ok") + b"-ERR only SUBSCRIBE allowed\r\n")
     reader.fill()
+    handled = []
     with pytest.raises(redis.ResponseError, match="only SUBSCRIBE"):
-        reader.replies()
+        for reply in reader.replies():
+            handled.append(reply[2])
+    assert handled == [b"ok"]
+    assert not reader.buffered()
     redis_side.sendall(b"%not resp\r\n")
     reader.fill()
     with pytest.raises(redis.InvalidResponse):
-        reader.replies()
+        list(reader.replies())
 
 
 def test_a_closed_connection_is_a_connection_error(pair: tuple[socket.socket, socket.socket]) -> None:

@@ -53,30 +53,30 @@ class ReplyReader:
             raise redis.ConnectionError("Redis closed the connection")
         self._buf += data
 
-    def replies(self) -> list[t.Any]:
-        """Every complete reply in the buffer, in order (a partial one stays).
+    def replies(self) -> t.Iterator[t.Any]:
+        """Every complete reply in the buffer, in order (a partial one stays),
+        each taken from the buffer as it is yielded: an error reply raises
+        once the replies before it were handled.
 
         :raises redis.ResponseError: Redis answered with an error.
         :raises redis.InvalidResponse: the bytes are not RESP2.
         """
         buf = self._buf
-        out = []
         pos = 0
-        while pos < len(buf):
-            try:
-                got = _parse(buf, pos)
-            except ValueError as e:  # a length or an integer that is not one
-                raise redis.InvalidResponse(f"Protocol error from Redis: {e}") from e
-            if got is None:
-                break
-            reply, pos = got
-            if isinstance(reply, redis.ResponseError):
-                del buf[:pos]
-                raise reply
-            out.append(reply)
-        if pos:
+        try:
+            while pos < len(buf):
+                try:
+                    got = _parse(buf, pos)
+                except ValueError as e:  # a length or an integer that is not one
+                    raise redis.InvalidResponse(f"Protocol error from Redis: {e}") from e
+                if got is None:
+                    break
+                reply, pos = got
+                if isinstance(reply, redis.ResponseError):
+                    raise reply
+                yield reply
+        finally:
             del buf[:pos]
-        return out
 
     def buffered(self) -> bool:
         """Whether bytes are waiting in the buffer (a complete reply or not)."""
