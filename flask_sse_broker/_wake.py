@@ -17,6 +17,13 @@ and writing, once per publish.
 
 The broker calls ``set`` and ``clear`` with its lock held, and ``wait``
 without it, exactly as it uses an ``Event``.
+
+A round need not switch to a woken greenlet at all: a stream that can write
+without blocking (a socket it frames chunks for itself, see
+:meth:`SSEConnection.write_to`) gives its wake-up a ``send``, and the round
+calls it in the hub instead, leaving the greenlet parked. Switching into
+thousands of greenlets, each deep in the server's request loop, was the
+largest cost of a delivery after the write itself.
 """
 
 from __future__ import annotations
@@ -162,11 +169,15 @@ class _HubBatch:
             glet = wake._parked
             if glet is None or not wake._flag:
                 continue  # woken already, or by something else
-            wake._parked = None
-            try:
-                glet.switch()
-            except Exception:  # pragma: no cover - greenlets handle their own errors
-                self.hub.handle_error(glet, *_exc_info())
+            send = wake.send
+            # ``send`` writes without leaving the hub (the greenlet stays
+            # parked) or says the greenlet must run.
+            if send is None or not send():
+                wake._parked = None
+                try:
+                    glet.switch()
+                except Exception:  # pragma: no cover - greenlets handle their own errors
+                    self.hub.handle_error(glet, *_exc_info())
             count += 1
             if not count & 31 and left and clock() > stop:
                 self.left = left
@@ -218,13 +229,19 @@ def flush() -> None:
 class GreenletWake:
     """An ``Event`` for the one greenlet that waits on it (its stream)."""
 
-    __slots__ = ("_batch", "_flag", "_parked")
+    __slots__ = ("_batch", "_flag", "_parked", "send")
 
     def __init__(self) -> None:
         self._flag = False
         #: The greenlet waiting, while it is parked on its hub.
         self._parked: t.Any = None
         self._batch: _HubBatch | None = None
+        #: Called in the hub, in place of resuming the parked greenlet, by a
+        #: round that finds it woken: it does the stream's work itself if it
+        #: can without blocking (:meth:`SSEConnection.send_parked`) and says
+        #: whether it did. If so the greenlet stays parked, re-armed by
+        #: ``send``; if not, the round resumes it.
+        self.send: t.Callable[[], bool] | None = None
 
     def is_set(self) -> bool:
         return self._flag
