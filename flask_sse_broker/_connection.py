@@ -362,6 +362,9 @@ class SSEConnection:
 
     def close(self) -> None:
         """End this stream and release it from the broker (idempotent)."""
+        wake = self._wake
+        if isinstance(wake, GreenletWake):
+            wake.send = None  # no round writes for it; and no cycle left through it
         self._on_close(self)
 
     def _revoke_locked(self, remaining: t.Container[str], notice: Frame) -> None:
