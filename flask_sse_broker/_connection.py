@@ -176,7 +176,7 @@ class SSEConnection:
     def __iter__(self) -> SSEConnection:
         return self
 
-    def write_to(self, out: t.Any) -> None:
+    def _write_to(self, out: t.Any) -> None:
         """Write this stream's chunks to the socket of ``out`` directly.
 
         ``out`` is the server's response object, which frames every write as
@@ -186,7 +186,7 @@ class SSEConnection:
         already chunk-framed, each event's chunk made once and shared by all
         its recipients (:func:`chunk_of`), several queued events in one
         ``send``. And under gevent a delivery round writes a parked stream's
-        queue from the hub (:meth:`send_parked`) without switching to it.
+        queue from the hub (:meth:`_send_parked`) without switching to it.
         The server still writes the first chunk (the head) and the last one.
         """
         self._out = out
@@ -194,7 +194,7 @@ class SSEConnection:
         self._raw = getattr(sock, "_sock", None)  # gevent's non-blocking socket inside
         wake = self._wake
         if isinstance(wake, GreenletWake) and self._raw is not None:
-            wake.send = self.send_parked
+            wake.send = self._send_parked
 
     def __next__(self) -> bytes:
         head, self._head = self._head, None
@@ -247,12 +247,12 @@ class SSEConnection:
                 data = chunk_of(batch[0])
             else:
                 data = b"".join([chunk_of(e) for e in batch])
-            self._send(sock, data)
+            self._send_all(sock, data)
             if timing is not None:
                 self._unrecorded = batch
                 self._record_written()
 
-    def _send(self, sock: t.Any, data: bytes) -> None:
+    def _send_all(self, sock: t.Any, data: bytes) -> None:
         """Write all of ``data``: one ``send`` on the non-blocking socket
         when it takes everything (it nearly always does), else the server
         socket's ``sendall``, which waits for room cooperatively."""
@@ -267,7 +267,7 @@ class SSEConnection:
             data = data[sent:]
         sock.sendall(data)
 
-    def send_parked(self) -> bool:
+    def _send_parked(self) -> bool:
         """In the hub, for a delivery round: write the queue of this parked
         stream with one non-blocking ``send`` and re-arm its wake-up, or say
         that its greenlet must run (its head not sent yet, the end of the

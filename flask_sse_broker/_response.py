@@ -7,7 +7,7 @@ with gevent's ``sendall`` (which also asks the socket for its buffer size).
 A stream that frames its chunks itself writes the same bytes with less: one
 ``send`` per batch, each event's chunk made once for all its recipients, and
 under gevent no switch into the stream's greenlet at all
-(:meth:`SSEConnection.write_to`).
+(:meth:`SSEConnection._write_to`).
 
 That is only right where the server would have framed chunks exactly so:
 gunicorn's own ``Response`` (not a subclass, which may frame otherwise), with
@@ -37,7 +37,7 @@ class StreamResponse(Response):
         if isinstance(body, SSEConnection):
             out = chunked_response(start_response)
             if out is not None:
-                body.write_to(out)
+                body._write_to(out)
         return body
 
 

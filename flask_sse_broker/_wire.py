@@ -207,7 +207,7 @@ def chunk_of(queued: Envelope | Frame) -> bytes:
     """The frame of ``queued`` as one chunk of the chunked transfer coding
     (RFC 9112, section 7.1): its size in hex, CRLF, the frame, CRLF.
 
-    A stream that writes to its socket itself (:meth:`SSEConnection.write_to`)
+    A stream that writes to its socket itself (:meth:`SSEConnection._write_to`)
     sends events as chunks the server would otherwise frame on every write;
     the chunk is made once per event and kept on it, so every recipient
     shares it, as it shares the frame.

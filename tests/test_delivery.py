@@ -94,7 +94,7 @@ def writing_stream(broker: SSEBroker, topic: str) -> tuple[SSEConnection, Record
     """A stream writing its own chunks, its head already taken by the server."""
     conn = broker.open_stream(topics=[topic])
     out = ChunkedResponse()
-    conn.write_to(out)
+    conn._write_to(out)
     assert b"connected" in next(conn)  # the server writes the head itself
     return conn, out.sock._sock
 
@@ -140,7 +140,7 @@ def test_a_write_the_socket_took_in_part_is_finished_before_later_events(broker:
     broker.broadcast_to_topic("t", "first")
     broker.broadcast_to_topic("t", "second")
     sock.limit = 7  # the socket takes 7 bytes of the next write
-    assert conn.send_parked() is False  # the stream's greenlet must finish it
+    assert conn._send_parked() is False  # the stream's greenlet must finish it
     assert len(sock.sends) == 1 and len(sock.sends[0]) == 7
     broker.broadcast_to_topic("t", "third")
     thread = run_stream(conn)
@@ -153,9 +153,9 @@ def test_a_write_the_socket_took_in_part_is_finished_before_later_events(broker:
 
 def test_send_parked_leaves_the_end_of_a_stream_to_its_greenlet(broker: SSEBroker) -> None:
     conn, sock = writing_stream(broker, "t")
-    assert conn.send_parked() is False  # nothing queued
+    assert conn._send_parked() is False  # nothing queued
     broker.shutdown(timeout=0.01)  # queues the final frame and closes
-    assert conn.send_parked() is False
+    assert conn._send_parked() is False
     assert sock.sends == []
 
 
@@ -178,7 +178,7 @@ readers = []
 for _ in range(n):
     a, b = socket.socketpair()
     conn = broker.open_stream(topics=["t"])
-    conn.write_to(Out(a))
+    conn._write_to(Out(a))
     next(conn)
     gevent.spawn(lambda conn=conn: [None for _ in conn])
     readers.append(b)
@@ -199,7 +199,7 @@ def probe():
 def first_send_wakes_the_probe():
     # The round's first hub-side write also makes the probe's socket readable.
     for conn in broker._hub._connections:
-        def send_and_poke(send=conn.send_parked):
+        def send_and_poke(send=conn._send_parked):
             if not poked:
                 poked.append(probe_w.send(b"x"))
             return send()
