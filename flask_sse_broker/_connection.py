@@ -13,7 +13,8 @@ from bisect import bisect_left
 from ._socket import CHECK_BEFORE_HEARTBEAT, peer_closed
 from ._timing import BUCKETS
 from ._topics import Subscriptions
-from ._wire import HEARTBEAT_FRAME, Envelope, Frame, Seq, shared_frame
+from ._wake import GreenletWake
+from ._wire import HEARTBEAT_FRAME, Envelope, Frame, Seq, as_chunk, chunk_of, shared_frame
 
 if t.TYPE_CHECKING:
     import threading
@@ -87,13 +88,16 @@ class SSEConnection:
         "_head",
         "_lock",
         "_on_close",
+        "_out",
         "_peer",
         "_queue",
+        "_raw",
         "_released",
         "_shared",
         "_skip_through",
         "_timing",
         "_unrecorded",
+        "_unsent",
         "_waiting",
         "_wake",
         "_written",
@@ -145,6 +149,13 @@ class SSEConnection:
         #: ``(delay, events)`` of that chunk once written, counted by the next
         #: ``_take`` in the lock hold it takes anyway (or by a scrape).
         self._written: tuple[float, int] | None = None
+        #: The server's response, when the stream writes its chunks itself
+        #: (:meth:`write_to`); its socket, and the non-blocking one inside.
+        self._out: t.Any = None
+        self._raw: t.Any = None
+        #: Chunked bytes a write in the hub could not finish: the stream's
+        #: greenlet writes them before anything else.
+        self._unsent: bytes | None = None
 
     def debug_state_locked(self) -> dict[str, t.Any]:
         """This stream's state, for the hub's debug snapshot (under the lock)."""
@@ -165,6 +176,26 @@ class SSEConnection:
     def __iter__(self) -> SSEConnection:
         return self
 
+    def _write_to(self, out: t.Any) -> None:
+        """Write this stream's chunks to the socket of ``out`` directly.
+
+        ``out`` is the server's response object, which frames every write as
+        a chunk (gunicorn's ``Response`` with ``chunked`` set; the caller
+        checks): once it has sent the response head (``headers_sent``),
+        every further write of this stream goes straight to ``out.sock``,
+        already chunk-framed, each event's chunk made once and shared by all
+        its recipients (:func:`chunk_of`), several queued events in one
+        ``send``. And under gevent a delivery round writes a parked stream's
+        queue from the hub (:meth:`_send_parked`) without switching to it.
+        The server still writes the first chunk (the head) and the last one.
+        """
+        self._out = out
+        sock = out.sock
+        self._raw = getattr(sock, "_sock", None)  # gevent's non-blocking socket inside
+        wake = self._wake
+        if isinstance(wake, GreenletWake) and self._raw is not None:
+            wake.send = self._send_parked
+
     def __next__(self) -> bytes:
         head, self._head = self._head, None
         if head:
@@ -172,6 +203,9 @@ class SSEConnection:
         timing = self._timing
         if timing is not None and self._unrecorded is not None:
             self._record_written()
+        out = self._out
+        if out is not None and out.headers_sent:
+            self._write_chunks(out.sock)
         while True:
             batch = self._take()
             if self._skip_through is not None:
@@ -189,6 +223,92 @@ class SSEConnection:
                 if self._shared:
                     return b"".join([shared_frame(e) for e in batch])
                 return b"".join([e.frame for e in batch])
+
+    def _write_chunks(self, sock: t.Any) -> t.NoReturn:
+        """The stream from its second write on, when it frames chunks itself:
+        write each batch to ``sock`` until the stream ends. Never returns to
+        the server's write loop: raises ``StopIteration`` at the end, or the
+        ``OSError`` of a failed write, as the server's own write would."""
+        timing = self._timing
+        while True:
+            unsent, self._unsent = self._unsent, None
+            if unsent is not None:
+                sock.sendall(unsent)
+            batch = self._take()
+            if self._skip_through is not None:
+                batch = self._skip_replayed(batch, self._skip_through)
+            if not batch:
+                continue
+            if batch[0] is HEARTBEAT_FRAME and len(batch) == 1 and peer_closed(self._peer):
+                self.close()
+                raise StopIteration
+            if self._shared:
+                data = b"".join([as_chunk(shared_frame(e)) for e in batch])
+            elif len(batch) == 1:
+                data = chunk_of(batch[0])
+            else:
+                data = b"".join([chunk_of(e) for e in batch])
+            self._send_all(sock, data)
+            if timing is not None:
+                self._unrecorded = batch
+                self._record_written()
+
+    def _send_all(self, sock: t.Any, data: bytes) -> None:
+        """Write all of ``data``: one ``send`` on the non-blocking socket
+        when it takes everything (it nearly always does), else the server
+        socket's ``sendall``, which waits for room cooperatively."""
+        raw = self._raw
+        if raw is not None:
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        sock.sendall(data)
+
+    def _send_parked(self) -> bool:
+        """In the hub, for a delivery round: write the queue of this parked
+        stream with one non-blocking ``send`` and re-arm its wake-up, or say
+        that its greenlet must run (its head not sent yet, the end of the
+        stream, a lone heartbeat to check the peer first, metrics on, a replay
+        overlap, a shared stream, the lock busy). A write the socket did not
+        take whole is finished by the greenlet, before anything else."""
+        out = self._out
+        if (
+            not out.headers_sent
+            or self._timing is not None
+            or self._skip_through is not None
+            or self._shared
+            or self._unsent is not None
+        ):
+            return False
+        lock = self._lock
+        if not lock.acquire(False):  # in the hub: never block
+            return False
+        try:
+            batch = self._queue
+            if self._closed or not batch or (batch[0] is HEARTBEAT_FRAME and len(batch) == 1):
+                return False
+            self._queue = []
+            self._waiting = True
+            self._wake.clear()
+        finally:
+            lock.release()
+        data = chunk_of(batch[0]) if len(batch) == 1 else b"".join([chunk_of(e) for e in batch])
+        try:
+            sent = self._raw.send(data)
+        except OSError:  # no room (the greenlet waits for it), or a dead peer (it fails again there)
+            sent = 0
+        if sent == len(data):
+            return True
+        # The greenlet finishes it. Without the lock: this only turns the
+        # wake-up on, as a publisher would (the round resumes the greenlet).
+        self._unsent = data[sent:]
+        self._waiting = False
+        self._wake.set()
+        return False
 
     def _record_written(self) -> None:
         """The server asks for the next chunk once the last one is written:
@@ -226,6 +346,8 @@ class SSEConnection:
                     self._written = None
                     timing.counts[bisect_left(BUCKETS, delay)] += events
                     timing.total += delay * events
+                if self._unsent is not None:  # a write the hub began: first
+                    return []
                 if self._closed:
                     if self._queue:  # the final frame; the wake-up stays set
                         batch, self._queue = self._queue, []
@@ -241,6 +363,9 @@ class SSEConnection:
 
     def close(self) -> None:
         """End this stream and release it from the broker (idempotent)."""
+        wake = self._wake
+        if isinstance(wake, GreenletWake):
+            wake.send = None  # no round writes for it; and no cycle left through it
         self._on_close(self)
 
     def _revoke_locked(self, remaining: t.Container[str], notice: Frame) -> None:

@@ -137,7 +137,7 @@ class Frame:
     the ``retry:`` hint a stream ends with. It has no ``seq``, so it moves no
     cursor and a replay never skips it."""
 
-    __slots__ = ("frame",)
+    __slots__ = ("chunk", "frame")
 
     #: Always ``None``: lets a stream read ``seq`` of anything it dequeues.
     seq: Seq | None = None
@@ -146,6 +146,9 @@ class Frame:
 
     def __init__(self, frame: bytes) -> None:
         self.frame = frame
+        #: ``frame`` as one HTTP/1.1 chunk, made by the first stream that
+        #: writes it chunk-framed itself (:func:`chunk_of`), then shared.
+        self.chunk: bytes | None = None
 
     def __repr__(self) -> str:
         return f"<Frame {self.frame[:30]!r}>"
@@ -159,7 +162,7 @@ class Envelope:
     events are delivered, replayed and de-duplicated in ``seq`` order.
     """
 
-    __slots__ = ("at", "audience", "frame", "seq", "target")
+    __slots__ = ("at", "audience", "chunk", "frame", "seq", "target")
 
     def __init__(self, seq: Seq, audience: Audience, target: str | None, frame: bytes) -> None:
         self.seq = seq
@@ -167,6 +170,9 @@ class Envelope:
         #: The topic (``TOPIC``) or the client id (``CLIENT``); ``None`` for ``ALL``.
         self.target = target
         self.frame = frame
+        #: ``frame`` as one HTTP/1.1 chunk (:func:`chunk_of`): framed by the
+        #: first recipient that needs it, shared by every other one.
+        self.chunk: bytes | None = None
         #: When it was published (``time.time()``), for the delivery-delay
         #: metric; ``0.0`` unless metrics are on (or the backend knows it).
         self.at = 0.0
@@ -195,6 +201,27 @@ class Envelope:
 
 #: Queued in place of an event when a connection is idle at a heartbeat tick.
 HEARTBEAT_FRAME = Frame(HEARTBEAT)
+
+
+def chunk_of(queued: Envelope | Frame) -> bytes:
+    """The frame of ``queued`` as one chunk of the chunked transfer coding
+    (RFC 9112, section 7.1): its size in hex, CRLF, the frame, CRLF.
+
+    A stream that writes to its socket itself (:meth:`SSEConnection._write_to`)
+    sends events as chunks the server would otherwise frame on every write;
+    the chunk is made once per event and kept on it, so every recipient
+    shares it, as it shares the frame.
+    """
+    chunk = queued.chunk
+    if chunk is None:
+        frame = queued.frame
+        chunk = queued.chunk = b"%X\r\n%s\r\n" % (len(frame), frame)
+    return chunk
+
+
+def as_chunk(data: bytes) -> bytes:
+    """``data`` as one chunk (a frame of a single stream: not kept)."""
+    return b"%X\r\n%s\r\n" % (len(data), data)
 
 
 def shared_frame(queued: Envelope | Frame) -> bytes:

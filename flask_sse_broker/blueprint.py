@@ -19,6 +19,7 @@ from . import _publish, _requests
 from ._broker import SSEBroker
 from ._process import install_sigterm_handler
 from ._requests import RequestError
+from ._response import StreamResponse
 from ._socket import limit_write_stall
 from ._wire import new_client_id
 from .exceptions import BrokerUnavailable, ClientNotFound, SSEError
@@ -88,7 +89,7 @@ def create_blueprint(
         )
         conn._peer = _requests.stream_socket()
         limit_write_stall(conn._peer, broker.config.write_timeout)
-        return Response(
+        return StreamResponse(
             conn,
             status=200,
             mimetype="text/event-stream",
