@@ -239,7 +239,12 @@ class SSEConnection:
                 batch = self._skip_replayed(batch, self._skip_through)
             if not batch:
                 continue
-            if batch[0] is HEARTBEAT_FRAME and len(batch) == 1 and peer_closed(self._peer):
+            if (
+                batch[0] is HEARTBEAT_FRAME
+                and len(batch) == 1
+                and CHECK_BEFORE_HEARTBEAT  # else the heartbeat pass's poll finds it
+                and peer_closed(self._peer)
+            ):
                 self.close()
                 raise StopIteration
             if self._shared:
