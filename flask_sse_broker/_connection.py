@@ -277,9 +277,14 @@ class SSEConnection:
         """In the hub, for a delivery round: write the queue of this parked
         stream with one non-blocking ``send`` and re-arm its wake-up, or say
         that its greenlet must run (its head not sent yet, the end of the
-        stream, a lone heartbeat to check the peer first, metrics on, a replay
-        overlap, a shared stream, the lock busy). A write the socket did not
-        take whole is finished by the greenlet, before anything else."""
+        stream, metrics on, a replay overlap, a shared stream, the lock busy,
+        or a lone heartbeat where the heartbeat pass cannot ``poll`` for
+        closed peers: the greenlet checks its peer first). A lone heartbeat
+        leaves from here too: the pass that queued it has just polled every
+        stream's socket (:func:`close_dead_peers`), and a write to a peer
+        that vanished fails, here and then in the greenlet, as an event's
+        does. A write the socket did not take whole is finished by the
+        greenlet, before anything else."""
         out = self._out
         if (
             not out.headers_sent
@@ -294,7 +299,11 @@ class SSEConnection:
             return False
         try:
             batch = self._queue
-            if self._closed or not batch or (batch[0] is HEARTBEAT_FRAME and len(batch) == 1):
+            if (
+                self._closed
+                or not batch
+                or (CHECK_BEFORE_HEARTBEAT and batch[0] is HEARTBEAT_FRAME and len(batch) == 1)
+            ):
                 return False
             self._queue = []
             self._waiting = True
