@@ -11,6 +11,8 @@ partition neighbours are busy survives a listener reconnection unreset.
 
 from __future__ import annotations
 
+import threading
+import time
 import typing as t
 
 import pytest
@@ -165,3 +167,69 @@ def test_channels_going_live_lose_nothing_while_positions_advance_constantly(
     a channel going live keeps its partition's position until it is caught up."""
     monkeypatch.setattr(RedisClusterBackend, "advance_interval", 0.0)
     scenario(redis_cluster)
+
+
+class Flow:
+    """Publishes, from another process, on each topic in turn until stopped:
+    ``<topic>:<n>``, the ``n`` of each topic counted in ``sent``."""
+
+    def __init__(self, broker: t.Any, topics: list[str]) -> None:
+        self.sent = dict.fromkeys(topics, 0)
+        self._broker = broker
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for topic in self.sent:
+                self._broker.broadcast_to_topic(topic, f"{topic}:{self.sent[topic]}")
+                self.sent[topic] += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.mark.parametrize("how", ["opened here", "subscribed from another process"])
+def test_a_topic_going_live_amid_events_this_process_does_not_receive_loses_and_repeats_none(
+    redis_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Its partition's position advances on the events of a topic nobody here
+    holds, after every read, while the new topic's channel goes live: what
+    the new topic needs is delivered all the same, once, in order."""
+    monkeypatch.setattr(RedisClusterBackend, "advance_interval", 0.0)
+    prefix = new_prefix()
+    held = "held"
+    noise, fresh = same_partition(held, 2)
+    one, two = broker_on(redis_cluster, prefix), broker_on(redis_cluster, prefix)
+    flow = None
+    try:
+        holder = Reader(one.open_stream(topics=[held]))
+        wait_for(lambda: holder.events[:1] == ["connected"], what="connected")
+        cursor = one.last_event_id()
+        flow = Flow(two, [noise, fresh])
+        wait_for(lambda: flow.sent[fresh] > 20, what="events flowing")
+        if how == "opened here":
+            late = Reader(one.open_stream(topics=[fresh], last_event_id=cursor))
+            start = 0  # the cursor is from before the flow: every event
+        else:
+            late = holder
+            two.subscribe(holder.conn.client.id, [fresh])
+            start = flow.sent[fresh]  # published once subscribe returned: from here on
+        wait_for(lambda: flow.sent[fresh] > start + 60, what="more events")
+        flow.stop()
+        last = f"{fresh}:{flow.sent[fresh] - 1}"
+        wait_for(lambda: last in late.data, what="the last event")
+        time.sleep(0.2)  # anything extra would show up now
+        got = [d for d in late.data if d.startswith(f"{fresh}:")]
+        assert len(got) == len(set(got)), "an event twice"
+        assert got == sorted(got, key=lambda d: int(d.rsplit(":", 1)[1])), "out of order"
+        assert {f"{fresh}:{i}" for i in range(start, flow.sent[fresh])} <= set(got), "an event lost"
+        assert not any(d.startswith(f"{noise}:") for d in late.data)
+        assert "reset" not in late.events
+        holder.close(), late.close()
+    finally:
+        if flow is not None:
+            flow.stop()
+        one.shutdown(timeout=1), two.shutdown(timeout=1)
