@@ -6,16 +6,19 @@ One :class:`Reader` per primary: one sharded pub/sub connection to it, a
 has local recipients for (``_redis_cluster_routes.py``), read by one thread
 (a greenlet under gevent).
 
-A partition's position (the last event of it delivered here) advances only
-on the events this process receives. When a channel goes live, the reader
-delivers from the partition's stream everything after that position before
-the streams waiting for the channel may read where they start (as the
-single-Redis listener's ``sync``): the events published before Redis ran
-the ``SSUBSCRIBE`` never arrive as messages, and those on channels held
-already that are still on their way arrive later as duplicates (dropped).
-So the position then covers every event of the partition the process
-needs, the new channel's included. On every (re)connection
-it first delivers from each partition's stream what came after the last event
+A partition's position (the last event of it up to which this process has
+everything it needs) advances on the events this process receives, and
+each ``advance_interval`` to the partition's head once a ``PING`` proved
+every event up to it delivered (:meth:`Reader.advance`), so a quiet
+topic's position keeps up with its busy neighbours'. When a channel goes
+live, the reader delivers from the partition's stream everything after that
+position before the streams waiting for the channel may read where they
+start (as the single-Redis listener's ``sync``): the events published
+before Redis ran the ``SSUBSCRIBE`` never arrive as messages, and those on
+channels held already that are still on their way arrive later as
+duplicates (dropped). So the position then covers every event of the
+partition the process needs, the new channel's included. On every
+(re)connection it first delivers from each partition's stream what came after the last event
 it delivered, so a blip loses nothing Redis kept; if what it never delivered
 was trimmed, the backend ends the local streams (their clients resume and are
 reset). A primary that restarted without its data starts new streams: the
