@@ -18,10 +18,10 @@ before Redis ran the ``SSUBSCRIBE`` never arrive as messages, and those on
 channels held already that are still on their way arrive later as
 duplicates (dropped). So the position then covers every event of the
 partition the process needs, the new channel's included. On every
-(re)connection it first delivers from each partition's stream what came after the last event
-it delivered, so a blip loses nothing Redis kept; if what it never delivered
-was trimmed, the backend ends the local streams (their clients resume and are
-reset). A primary that restarted without its data starts new streams: the
+(re)connection it first delivers from each partition's stream what came
+after its position, so a blip loses nothing Redis kept; if what it never
+delivered was trimmed, the backend ends the local streams (their clients
+resume and are reset). A primary that restarted without its data starts new streams: the
 reader follows them. Events go to :meth:`RedisClusterBackend.deliver
 <._redis_cluster.RedisClusterBackend.deliver>`, control messages from other
 processes to the hub (:func:`apply_control`).
