@@ -23,7 +23,8 @@ from __future__ import annotations
 import re
 import typing as t
 
-from .._wire import Seq
+from .._wire import Audience, Envelope, Seq, frame, parse_event_id
+from ._redis_keys import text
 
 #: History partitions: each a stream and a sharded channel under one hash
 #: tag, so one Lua script appends and publishes an event on one shard. Fixed:
@@ -84,3 +85,24 @@ def parse_cursor(value: str) -> list[Seq] | None:
             return None
         positions.append((base - delta, seq))
     return positions
+
+
+def replay_envelopes(want: list[Seq], missed: list[tuple[int, list[t.Any]]]) -> list[Envelope]:
+    """The events a resume replays (``missed``: per partition index, its
+    stream entries after ``want``), merged across partitions by stream id,
+    each with the cursor after it."""
+    merged = sorted(
+        (parse_event_id(text(entry_id)) or ORIGIN, index, fields)
+        for index, entries in missed
+        for entry_id, fields in entries
+    )
+    cursor = list(want)
+    envelopes = []
+    for seq, index, fields in merged:
+        cursor[index] = seq
+        kind = Audience(fields[b"k"].decode())
+        target = fields[b"t"].decode() if kind is not Audience.ALL else None
+        envelope = Envelope(ORIGIN, kind, target, frame(fields[b"b"], encode_cursor(cursor)))
+        envelope.at = seq[0] / 1000
+        envelopes.append(envelope)
+    return envelopes

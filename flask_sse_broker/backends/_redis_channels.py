@@ -326,10 +326,12 @@ class Channels:
             if e.errno != errno.EAGAIN:
                 raise
 
-    def ping(self) -> None:
+    def ping(self, *argument: bytes) -> None:
+        """``PING`` (with ``argument``, answered with it): answered after
+        every message Redis pushed on the connection before."""
         with self._lock:
             if self._conn is not None:
-                self._conn.send_command("PING")
+                self._conn.send_command("PING", *argument)
 
     def close(self) -> None:
         """Release the wake-up pipe (the object is not used afterwards)."""

@@ -61,7 +61,7 @@ from redis.retry import Retry
 
 from .._wire import Audience, Envelope, Seq, format_event_id, frame, parse_event_id
 from ..exceptions import BackendError, BrokerUnavailable
-from ._cluster_cursor import ORIGIN, PARTITIONS, encode_cursor, parse_cursor
+from ._cluster_cursor import ORIGIN, PARTITIONS, encode_cursor, parse_cursor, replay_envelopes
 from ._redis_channels import is_pattern_key
 from ._redis_cluster_keys import PUBLISH_SCRIPT, Partition, channel_of, partition_of
 from ._redis_cluster_listener import ERRORS as _Errors
@@ -93,6 +93,9 @@ class RedisClusterBackend(ClusterBackplane):
     idempotency_ttl = 300.0
     poll_interval = 0.5
     refresh_interval = 5.0
+    #: How often each listener brings its quiet partitions' positions up to
+    #: their heads (``Reader.advance``): a cursor lags that much at most.
+    advance_interval = 1.0
     min_backoff = 0.1
     max_backoff = 5.0
     #: Connections per primary for publishing; callers beyond wait their turn.
@@ -371,7 +374,7 @@ class RedisClusterBackend(ClusterBackplane):
             raise BrokerUnavailable(f"the Redis Cluster is unreachable: {e}", retry_after=5) from e
         if missed is None:
             return Replay(reset=True, cursor=encode_cursor(positions), skip=skip)
-        return Replay(envelopes=self._frames(want, missed), cursor=encode_cursor(want), skip=skip)
+        return Replay(envelopes=replay_envelopes(want, missed), cursor=encode_cursor(want), skip=skip)
 
     def _wait_positions(self, want: list[Seq]) -> tuple[list[Seq], int] | None:
         """Bring the positions up to ``want``, a cursor from a process that
@@ -422,25 +425,6 @@ class RedisClusterBackend(ClusterBackplane):
             missed.append((index, entries))
         return missed
 
-    def _frames(self, want: list[Seq], missed: list[tuple[int, list[t.Any]]]) -> list[Envelope]:
-        """The replayed events, merged across partitions by stream id, each
-        with the cursor after it."""
-        merged = sorted(
-            (parse_event_id(text(entry_id)) or ORIGIN, index, fields)
-            for index, entries in missed
-            for entry_id, fields in entries
-        )
-        cursor = list(want)
-        envelopes = []
-        for seq, index, fields in merged:
-            cursor[index] = seq
-            kind = Audience(fields[b"k"].decode())
-            target = fields[b"t"].decode() if kind is not Audience.ALL else None
-            envelope = Envelope(ORIGIN, kind, target, frame(fields[b"b"], encode_cursor(cursor)))
-            envelope.at = seq[0] / 1000
-            envelopes.append(envelope)
-        return envelopes
-
     # -- delivery (listener threads) -------------------------------------------
 
     def deliver(
@@ -468,6 +452,15 @@ class RedisClusterBackend(ClusterBackplane):
     def set_position(self, index: int, seq: Seq) -> None:
         with self._order:
             self._positions[index] = seq
+
+    def advance(self, heads: dict[int, Seq]) -> None:
+        """Move positions up to ``heads``: every event up to them that this
+        process needs was delivered (see ``Reader.advance``)."""
+        with self._order:
+            for index, head in heads.items():
+                current = self._positions[index]
+                if current is not None and head > current:
+                    self._positions[index] = head
 
     def on_gap(self, index: int) -> None:
         logger.error(

@@ -6,19 +6,22 @@ One :class:`Reader` per primary: one sharded pub/sub connection to it, a
 has local recipients for (``_redis_cluster_routes.py``), read by one thread
 (a greenlet under gevent).
 
-A partition's position (the last event of it delivered here) advances only
-on the events this process receives. When a channel goes live, the reader
-delivers from the partition's stream everything after that position before
-the streams waiting for the channel may read where they start (as the
-single-Redis listener's ``sync``): the events published before Redis ran
-the ``SSUBSCRIBE`` never arrive as messages, and those on channels held
-already that are still on their way arrive later as duplicates (dropped).
-So the position then covers every event of the partition the process
-needs, the new channel's included. On every (re)connection
-it first delivers from each partition's stream what came after the last event
-it delivered, so a blip loses nothing Redis kept; if what it never delivered
-was trimmed, the backend ends the local streams (their clients resume and are
-reset). A primary that restarted without its data starts new streams: the
+A partition's position (the last event of it up to which this process has
+everything it needs) advances on the events this process receives, and
+each ``advance_interval`` to the partition's head once a ``PING`` proved
+every event up to it delivered (:meth:`Reader.advance`), so a quiet
+topic's position keeps up with its busy neighbours'. When a channel goes
+live, the reader delivers from the partition's stream everything after that
+position before the streams waiting for the channel may read where they
+start (as the single-Redis listener's ``sync``): the events published
+before Redis ran the ``SSUBSCRIBE`` never arrive as messages, and those on
+channels held already that are still on their way arrive later as
+duplicates (dropped). So the position then covers every event of the
+partition the process needs, the new channel's included. On every
+(re)connection it first delivers from each partition's stream what came
+after its position, so a blip loses nothing Redis kept; if what it never
+delivered was trimmed, the backend ends the local streams (their clients
+resume and are reset). A primary that restarted without its data starts new streams: the
 reader follows them. Events go to :meth:`RedisClusterBackend.deliver
 <._redis_cluster.RedisClusterBackend.deliver>`, control messages from other
 processes to the hub (:func:`apply_control`).
@@ -110,6 +113,10 @@ class _ReaderChannels(Channels):
         self._synced: set[bytes] = set()
 
     def _handle(self, reply: t.Any) -> None:
+        # Subscribed, a PING is answered [pong, argument]; else the argument.
+        if isinstance(reply, bytes) or (isinstance(reply, list) and len(reply) == 2 and reply[0] == b"pong"):
+            self._owner.advance(reply if isinstance(reply, bytes) else reply[1])
+            return
         super()._handle(reply)
         fresh = [c for c in self._settling if c not in self._synced]
         if fresh:
@@ -119,6 +126,12 @@ class _ReaderChannels(Channels):
     def _settle_live(self) -> None:
         self._synced.clear()
         super()._settle_live()
+
+    def unsettled(self) -> set[bytes]:
+        """The hash tags of the wanted channels that are not live and caught
+        up yet (their ``SSUBSCRIBE`` queued, or sent and not answered)."""
+        with self._lock:
+            return {tag_of(c) for c in self._wanted if c not in self._live or self._unanswered.get(c)}
 
 
 class Reader:
@@ -142,6 +155,10 @@ class Reader:
         )
         self._client: redis.Redis[bytes] | None = None
         self.channels = _ReaderChannels(self, self._pool)
+        #: The advance under way: its ``PING`` argument and the heads read
+        #: before it was sent (see :meth:`advance`); reset on reconnection.
+        self._advancing: tuple[bytes, dict[int, Seq]] | None = None
+        self._pings = 0
         #: The reader of partition 0 holds the broadcast and control channel
         #: and refreshes the process's presence.
         self._refreshes = any(p.index == 0 for p in partitions)
@@ -204,6 +221,7 @@ class Reader:
 
     def _subscribe(self) -> None:
         backend = self.backend
+        self._advancing = None
         self.channels.connect()
         deadline = time.monotonic() + backend.socket_timeout + backend.connect_timeout
         while self.channels.pending():
@@ -314,12 +332,15 @@ class Reader:
 
     def _listen(self) -> None:
         backend = self.backend
-        last_seen = next_ping = time.monotonic()
+        last_seen = next_ping = next_advance = time.monotonic()
         while not backend._stop.is_set():
             got = self.channels.read(backend.poll_interval)
             now = time.monotonic()
             if got:
                 last_seen = now
+            if now >= next_advance and self._advancing is None:
+                self._read_heads()
+                next_advance = now + backend.advance_interval
             if now >= next_ping:
                 if now - last_seen > backend.refresh_interval * 2 + backend.socket_timeout:
                     raise redis.ConnectionError("Redis stopped answering the listener's pings")
@@ -327,6 +348,51 @@ class Reader:
                 if self._refreshes:
                     backend.refresh_presence()
                 next_ping = now + backend.refresh_interval
+
+    def _read_heads(self) -> None:
+        """Read the partitions' heads, then ``PING`` on the pub/sub
+        connection: its answer completes the advance (:meth:`advance`)."""
+        assert self._client is not None
+        pipe = self._client.pipeline(transaction=False)
+        for p in self.partitions:
+            pipe.get(p.last)
+        try:
+            found = pipe.execute()
+        except ERRORS as e:  # a moved slot, a primary going down: the next tick
+            logger.debug("reading the partitions' heads failed: %s", e)
+            return
+        heads = {}
+        for p, raw in zip(self.partitions, found, strict=True):
+            head = parse_event_id(text(raw)) if raw is not None else None
+            if head is not None:
+                heads[p.index] = head
+        self._pings += 1
+        self._advancing = (b"advance:%d" % self._pings, heads)
+        self.channels.ping(self._advancing[0])
+
+    def advance(self, token: bytes) -> None:
+        """The answer to a ``PING`` (the listener thread): when it is the
+        advance's, move each partition's position up to the head read
+        before it was sent.
+
+        Sound because Redis answers a ``PING`` on a subscribed connection
+        after every message it pushed there before, and an event's id is in
+        its partition's ``last`` key only once it was published (one
+        script): every event up to the head on a live channel has been
+        delivered by now. A partition with a channel not live and caught up
+        yet keeps its position (its catch-up starts there); the others then
+        hold everything up to their heads that this process needs, so a
+        quiet partition's position no longer falls behind its busy
+        neighbours (a cursor written now is current, and the catch-up after
+        a reconnection does not take it for trimmed history)."""
+        advancing = self._advancing
+        if advancing is None or token != advancing[0]:
+            return  # the keep-alive's
+        self._advancing = None
+        unsettled = self.channels.unsettled()
+        by_index = {p.index: p.tag.encode() for p in self.partitions}
+        heads = {i: head for i, head in advancing[1].items() if by_index[i] not in unsettled}
+        self.backend.advance(heads)
 
     def handle(self, data: bytes) -> None:
         """One message (from any of the reader's channels)."""

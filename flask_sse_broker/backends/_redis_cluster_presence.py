@@ -97,7 +97,8 @@ class ClusterBackplane(Backend):
             found = pipe.execute()
         except ERRORS as e:
             raise BackendError(f"Redis Cluster backend: reading the partitions' heads failed: {e}") from e
-        return {topic: value.decode() for topic, value in zip(plain, found, strict=True) if value}
+        # An empty partition's head is its origin: its events all come later.
+        return {topic: value.decode() if value else "0-0" for topic, value in zip(plain, found, strict=True)}
 
     def floors(self, channels: t.Iterable[bytes]) -> dict[tuple[int, str], Seq]:
         return self._channels.floors(channels)
