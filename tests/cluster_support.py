@@ -51,10 +51,24 @@ class ClusterNode:
     """One primary: its port, its process, its directory."""
 
     def __init__(self, root: Path, port: int) -> None:
-        self.port = port
-        self.dir = root / str(port)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.root = root
         self.proc: subprocess.Popen[bytes] | None = None
+        self.move(port)
+
+    def move(self, port: int) -> None:
+        """Use ``port`` (before starting): the last one was taken meanwhile."""
+        self.port = port
+        self.dir = self.root / str(port)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def log_tail(self) -> str:
+        try:
+            return (self.dir / "redis.log").read_text(errors="replace")[-600:]
+        except OSError:
+            return ""
 
     @property
     def url(self) -> str:
@@ -118,6 +132,7 @@ class LocalCluster:
     def __init__(self, primaries: int = 3) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="sse-cluster-"))
         self.nodes = [ClusterNode(self.root, _free_cluster_port()) for _ in range(primaries)]
+        self._moves = 0
 
     @property
     def url(self) -> str:
@@ -132,7 +147,7 @@ class LocalCluster:
         try:
             for node in self.nodes:
                 node.start()
-            self._wait(lambda: all(n.ping() for n in self.nodes), timeout, "the nodes to answer PING")
+            self._wait(self._up, timeout, "the nodes to answer PING")
             if len(self.nodes) == 1:
                 with self.nodes[0].client() as c:
                     c.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
@@ -148,6 +163,19 @@ class LocalCluster:
             self.stop()
             raise
         return self
+
+    def _up(self) -> bool:
+        """Every node answers; one that exited (its port, free when chosen,
+        was taken before it bound: outgoing connections take ports from the
+        same range) starts again on another port, a few times."""
+        for node in self.nodes:
+            if node.exited():
+                self._moves += 1
+                if self._moves > 5:
+                    raise RuntimeError(f"redis-server on port {node.port} exited:\n{node.log_tail()}")
+                node.move(_free_cluster_port())
+                node.start()
+        return all(n.ping() for n in self.nodes)
 
     def healthy(self) -> bool:
         """Every node up, sees the cluster ``ok`` and every slot assigned."""
