@@ -15,6 +15,7 @@ import pytest
 from flask_sse_broker import BackendError
 from flask_sse_broker._wire import Audience
 from flask_sse_broker.backends._redis_cluster import RedisClusterBackend, partition_of
+from flask_sse_broker.backends._redis_cluster_keys import PUBLISH_SCRIPT
 
 from .cluster_support import ClusterNode, LocalCluster, redis_cluster, requires_cluster_tools
 from .support import EventReader, Server, connect_url, http_request
@@ -123,11 +124,10 @@ def test_a_batch_is_one_pipeline_per_primary_with_the_ids_in_item_order(redis_cl
         broker.shutdown(timeout=1)
 
 
-def test_a_primary_down_mid_batch_publishes_the_primaries_before_it_only(
+def test_a_primary_down_mid_batch_fails_it_and_the_other_primaries_publish_all(
     redis_cluster: LocalCluster, make_server: t.Callable[..., Server]
 ) -> None:
     prefix = new_prefix()
-    # The primaries are sent to in the order their topics first appear.
     (first, _), (down, node), (last, _) = topics_on_shards(redis_cluster, prefix, 3)
     srv = make_server("gthread", config=cluster_config(redis_cluster, prefix, SSE_PUBLISH_KEY=KEY))
     assert post_batch(srv, interleaved([first, down, last], 1, "warm-"))[0] == 200
@@ -137,15 +137,12 @@ def test_a_primary_down_mid_batch_publishes_the_primaries_before_it_only(
         assert status == 503, answer
     finally:
         redis_cluster.restart(node)
-    # The first primary's items, all and in order; the last one's, none.
-    assert [d for _, d in stream_entries(redis_cluster, prefix, first)] == [f"warm-{first}:0"] + [
-        f"{first}:{i}" for i in range(4)
-    ]
-    assert [d for _, d in stream_entries(redis_cluster, prefix, last)] == [f"warm-{last}:0"]
-    # The restarted primary came back empty; the batch reaches it again.
+    # Every other primary's items, all and in order.
+    for topic in (first, last):
+        stored = [d for _, d in stream_entries(redis_cluster, prefix, topic)]
+        assert stored == [f"warm-{topic}:0"] + [f"{topic}:{i}" for i in range(4)]
+    # The restarted primary came back empty; batches reach it again.
     assert post_batch(srv, interleaved([down, first], 1, "back-"))[0] == 200
-    # A primary restarted between two batches: the pooled connection to it
-    # is broken, and the batch is sent again on a fresh one, once each.
     node.kill()
     redis_cluster.restart(node)
     status, answer = post_batch(srv, interleaved([down, first], 3, "after-"))
@@ -169,5 +166,35 @@ def test_an_error_reply_is_a_backend_error(redis_cluster: LocalCluster) -> None:
             c.set(partition.stream, "not a stream")  # XADD answers WRONGTYPE
         with pytest.raises(BackendError, match="WRONGTYPE"):
             backend.publish_batch([(Audience.TOPIC, topic, b'data: "x"\n')])
+    finally:
+        broker.shutdown(timeout=1)
+
+
+def test_items_answered_moved_are_sent_again_to_the_slots_owner(redis_cluster: LocalCluster) -> None:
+    prefix = new_prefix()
+    (topic, node), (other, elsewhere) = topics_on_shards(redis_cluster, prefix)
+    broker = broker_on(redis_cluster, prefix)
+    backend = t.cast(RedisClusterBackend, broker.backend)
+    try:
+        items = [
+            (Audience.TOPIC, tp, f'data: "{tp}:{i}"\n'.encode()) for i in range(3) for tp in (topic, other)
+        ]
+        backend.publish_batch(items[:2])
+        # As if the topic's slot had moved since the routes were made.
+        index = partition_of(Audience.TOPIC, topic)
+        stale = backend._node_client("127.0.0.1", elsewhere.port)
+        backend._routes[index] = stale.register_script(PUBLISH_SCRIPT)
+        results = backend.publish_batch(items[2:])
+        assert [event_id.split(":")[0] for event_id, _ in results] == [
+            str(index),
+            str(partition_of(Audience.TOPIC, other)),
+        ] * 2
+        assert [d for _, d in stream_entries(redis_cluster, prefix, topic)] == [
+            f"{topic}:{i}" for i in range(3)
+        ]
+        assert [d for _, d in stream_entries(redis_cluster, prefix, other)] == [
+            f"{other}:{i}" for i in range(3)
+        ]
+        assert node.port != elsewhere.port
     finally:
         broker.shutdown(timeout=1)

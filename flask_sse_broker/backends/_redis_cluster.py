@@ -56,7 +56,7 @@ import typing as t
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import MovedError, RedisClusterException
 from redis.retry import Retry
 
 from .._wire import Audience, Envelope, Seq, format_event_id, frame, parse_event_id
@@ -255,7 +255,7 @@ class RedisClusterBackend(ClusterBackplane):
                 # A pooled connection that died with a restarted primary, or a
                 # slot that moved (MOVED): once more on a fresh route, safe
                 # under the same idempotency key. Not after a timeout.
-                if isinstance(e, redis.ResponseError) and not str(e).startswith("MOVED"):
+                if isinstance(e, redis.ResponseError) and not isinstance(e, MovedError):
                     raise
                 self._forget_routes(refresh=isinstance(e, redis.ResponseError))
                 event_id = self.route(partition)(keys=keys, args=args)
@@ -298,10 +298,10 @@ class RedisClusterBackend(ClusterBackplane):
             self.cluster().nodes_manager.initialize()
 
     def publish_batch(self, items: t.Sequence[tuple[Audience, str | None, bytes]]) -> list[tuple[str, int]]:
-        """Publish the items, one pipeline per primary, each partition's
-        items in order (``_redis_cluster_publish.py``). Not atomic: on
-        :exc:`BackendError` the primaries sent to before the failing one
-        published all their items, the later ones none, the failing one any
+        """Publish the items, one pipeline per primary, all sent before any
+        reply is read, each partition's items in order
+        (``_redis_cluster_publish.py``). Not atomic: on :exc:`BackendError`
+        every other primary published all its items, the failing one any
         (each once or not at all). The ids are ``<partition>:<stream id>``."""
         calls = [script_call(self, a, tg, body, secrets.token_urlsafe(16)) for a, tg, body in items]
         try:

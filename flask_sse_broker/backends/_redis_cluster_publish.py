@@ -2,22 +2,23 @@
 and a batch pipelined per primary.
 
 **A batch** is grouped by the primary holding each item's partition (as the
-backend last saw the slots). Each primary's scripts go in one
-non-transactional pipeline on one connection, after a ``SCRIPT LOAD`` (a
-hash lookup when the script is known: no ``NOSCRIPT`` can split a
-pipeline), the primaries one after another in the order they first appear in
-the batch. A script is atomic, and one connection's commands run in order,
-so each partition's items are appended in the batch's order.
+backend last saw the slots). Each primary's share is written on one of its
+pooled connections as one non-transactional pipeline: a ``SCRIPT LOAD`` (a
+hash lookup when the script is known: no ``NOSCRIPT`` can split a pipeline)
+and the publish script once per item. Every primary's pipeline is written
+before any reply is read, so the round trips overlap. A script is atomic, and
+one connection's commands run in order, so each partition's items are
+appended in the batch's order.
 
 **Failures.** Every item carries an idempotency key of its own, so sending it
-again returns the id it was stored under instead of appending it twice. A
-pipeline that fails on its connection (a primary restarted since the last
-publish), or items answered ``MOVED`` (their slot moved), are sent once more
-on fresh routes; a second failure, a timeout or any other error reply raises
-:exc:`~flask_sse_broker.BackendError`. Then the primaries whose pipeline
-completed before it published all their items, the primaries after it none,
-and the failing one any of its items (each once or not at all; after a
-timeout, published or not, it cannot tell).
+again returns the id it was stored under instead of appending it twice. The
+items of a pipeline whose connection broke (a primary restarted since the
+last publish), or answered ``MOVED`` (their slot moved), are sent once more
+on fresh routes, after every reply of the batch was read. A second failure,
+a timeout or any other error reply raises
+:exc:`~flask_sse_broker.BackendError`; by then every other primary has
+published all its items of the batch, and the failing one any of its items
+(each once or not at all; after a timeout it cannot tell which).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import typing as t
 
 import redis
+from redis.exceptions import MovedError
 
 from .._wire import Audience
 from ..exceptions import BackendError
@@ -76,48 +78,93 @@ def _publish(
     ids: list[str | None],
     again: bool,
 ) -> None:
-    groups: dict[int, list[int]] = {}
+    pipes: dict[int, _Pipe] = {}
     for i in indices:
-        groups.setdefault(id(backend.route(calls[i][0]).registered_client), []).append(i)
-    for group in groups.values():
-        retry = _send(backend, calls, group, ids, again)
-        if retry:
-            backend._forget_routes(refresh=retry == "moved")
-            _publish(backend, calls, [i for i in group if ids[i] is None], ids, again=False)
-
-
-def _send(
-    backend: RedisClusterBackend,
-    calls: t.Sequence[Call],
-    group: list[int],
-    ids: list[str | None],
-    again: bool,
-) -> str | None:
-    """One primary's pipeline; ``"moved"`` or ``"broken"`` when part of it is
-    to be sent again on fresh routes."""
-    script = backend.route(calls[group[0]][0])
-    pipe = script.registered_client.pipeline(transaction=False)
-    pipe.execute_command("SCRIPT", "LOAD", script.script)
-    for i in group:
-        _, keys, args = calls[i]
-        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        script = backend.route(calls[i][0])
+        pipes.setdefault(id(script.registered_client), _Pipe(script)).group.append(i)
+    # Connections taken in one order by every caller: no two batches each
+    # hold one primary's last connection waiting for the other's.
+    ordered = sorted(pipes.values(), key=lambda pipe: pipe.address)
     try:
-        replies = pipe.execute(raise_on_error=False)
-    except redis.ConnectionError as e:
-        if again:
-            return "broken"
-        raise _failed(calls, group, e) from e
-    except redis.RedisError as e:
-        raise _failed(calls, group, e) from e
-    moved = False
-    for i, reply in zip(group, replies[1:], strict=True):
-        if not isinstance(reply, Exception):
-            ids[i] = f"{calls[i][0].index}:{text(reply)}"
-        elif again and str(reply).startswith("MOVED"):
-            moved = True
-        else:
-            raise _failed(calls, group, reply)
-    return "moved" if moved else None
+        for pipe in ordered:
+            pipe.send(calls)
+        for pipe in ordered:
+            pipe.read(calls, ids)
+    finally:
+        for pipe in ordered:
+            pipe.release()
+    failed = [pipe for pipe in ordered if pipe.error is not None]
+    if not failed:
+        return
+    fatal = [pipe for pipe in failed if not _transient(pipe.error)]
+    if fatal or not again:
+        pipe = (fatal or failed)[0]
+        raise _failed(calls, pipe.group, t.cast(BaseException, pipe.error))
+    backend._forget_routes(refresh=any(isinstance(pipe.error, MovedError) for pipe in failed))
+    _publish(backend, calls, [i for pipe in failed for i in pipe.group if ids[i] is None], ids, again=False)
+
+
+class _Pipe:
+    """One primary's share of a batch, on one connection of its pool."""
+
+    def __init__(self, script: t.Any) -> None:
+        self.script = script
+        self.pool: redis.ConnectionPool = script.registered_client.connection_pool
+        kwargs = self.pool.connection_kwargs
+        self.address = (str(kwargs.get("host")), int(kwargs.get("port", 0)))
+        self.group: list[int] = []
+        self.conn: t.Any = None
+        #: Replies still on the connection: it must not go back to the pool.
+        self.unread = False
+        self.error: BaseException | None = None
+
+    def send(self, calls: t.Sequence[Call]) -> None:
+        script = self.script
+        commands: list[tuple[t.Any, ...]] = [("SCRIPT", "LOAD", script.script)]
+        for i in self.group:
+            _, keys, args = calls[i]
+            commands.append(("EVALSHA", script.sha, len(keys), *keys, *args))
+        try:
+            self.conn = t.cast(t.Any, self.pool).get_connection()  # the stubs still want a name
+            self.unread = True
+            self.conn.send_packed_command(self.conn.pack_commands(commands))
+        except (redis.RedisError, OSError) as e:
+            self.error = e
+
+    def read(self, calls: t.Sequence[Call], ids: list[str | None]) -> None:
+        if self.error is not None:
+            return
+        conn = self.conn
+        try:
+            conn.read_response()  # SCRIPT LOAD: an error shows in the replies below
+            for i in self.group:
+                try:
+                    reply = conn.read_response()
+                except redis.ResponseError as e:  # one reply: the connection is in step
+                    self.error = self.error or e
+                    continue
+                ids[i] = f"{calls[i][0].index}:{text(reply)}"
+        except (redis.RedisError, OSError) as e:
+            self.error = e
+            return
+        self.unread = False
+
+    def release(self) -> None:
+        if self.conn is None:
+            return
+        if self.unread:
+            # A timeout or a broken socket: a late reply must never be read
+            # as the next command's.
+            self.conn.disconnect()
+        self.pool.release(self.conn)
+        self.conn = None
+
+
+def _transient(error: BaseException | None) -> bool:
+    """A broken connection or a moved slot: worth one more try elsewhere."""
+    return isinstance(error, MovedError) or (
+        isinstance(error, redis.ConnectionError) and not isinstance(error, redis.TimeoutError)
+    )
 
 
 def _failed(calls: t.Sequence[Call], group: list[int], error: BaseException) -> BackendError:
