@@ -70,10 +70,9 @@ def _publisher(
     payload = "x" * args.payload
     broker.broadcast_to_topic(names[0], payload)  # connect before the clock starts
     if args.batch:
-        counts[index] = _publish_batches(broker, names, payload, args, start)
+        counts[index] = _publish_batches(broker, names, payload, args, start, index)
         return
-    start.wait()
-    deadline = time.monotonic() + args.seconds
+    deadline = _ready(start, index)
     sent = 0
     while time.monotonic() < deadline:
         broker.broadcast_to_topic(names[sent % topics], payload)
@@ -82,7 +81,7 @@ def _publisher(
 
 
 def _publish_batches(
-    broker: t.Any, names: list[str], payload: str, args: argparse.Namespace, start: t.Any
+    broker: t.Any, names: list[str], payload: str, args: argparse.Namespace, start: t.Any, index: int
 ) -> int:
     """``--batch``: N events per call, round-robin over the topics."""
     from flask_sse_broker import SSEEvent
@@ -95,8 +94,7 @@ def _publish_batches(
         for b in range(len(names))
     ]
     broker._publish_events(batches[0])  # every primary connected before the clock starts
-    start.wait()
-    deadline = time.monotonic() + args.seconds
+    deadline = _ready(start, index)
     sent = 0
     while time.monotonic() < deadline:
         broker._publish_events(batches[sent // size % len(batches)])
@@ -104,9 +102,20 @@ def _publish_batches(
     return sent
 
 
+def _ready(start: t.Any, index: int) -> float:
+    """Say this publisher is connected, wait for the start; the shared end
+    (``time.monotonic`` is one clock for every process)."""
+    ready, go, deadline = start
+    ready[index] = 1
+    go.wait()
+    return float(deadline.value)
+
+
 def _run_once(url: str, cluster: bool, server_pids: list[int], args: argparse.Namespace) -> dict[str, float]:
     ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
+    # Every publisher connected before the clock starts (a slow import on a
+    # loaded machine must not shift its events out of the measured window).
+    start = (ctx.Array("b", args.publishers), ctx.Event(), ctx.Value("d", 0.0))
     counts = ctx.Array("l", args.publishers)
     procs = [
         ctx.Process(target=_publisher, args=(url, cluster, args, start, counts, i))
@@ -114,10 +123,13 @@ def _run_once(url: str, cluster: bool, server_pids: list[int], args: argparse.Na
     ]
     for p in procs:
         p.start()
-    time.sleep(2.0)  # the publishers import and connect
+    limit = time.monotonic() + 120
+    while not all(start[0]) and time.monotonic() < limit:
+        time.sleep(0.05)
     before = [cpu_seconds(pid) for pid in server_pids]
     pub_before = [cpu_seconds(p.pid) for p in procs if p.pid is not None]
-    start.set()
+    start[2].value = time.monotonic() + args.seconds
+    start[1].set()
     time.sleep(args.seconds)
     after = [cpu_seconds(pid) for pid in server_pids]
     pub_after = [cpu_seconds(p.pid) for p in procs if p.pid is not None]

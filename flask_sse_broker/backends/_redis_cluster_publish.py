@@ -81,7 +81,10 @@ def _publish(
     pipes: dict[int, _Pipe] = {}
     for i in indices:
         script = backend.route(calls[i][0])
-        pipes.setdefault(id(script.registered_client), _Pipe(script)).group.append(i)
+        pipe = pipes.get(id(script.registered_client))
+        if pipe is None:
+            pipe = pipes[id(script.registered_client)] = _Pipe(script)
+        pipe.group.append(i)
     # Connections taken in one order by every caller: no two batches each
     # hold one primary's last connection waiting for the other's.
     ordered = sorted(pipes.values(), key=lambda pipe: pipe.address)
@@ -98,8 +101,8 @@ def _publish(
         return
     fatal = [pipe for pipe in failed if not _transient(pipe.error)]
     if fatal or not again:
-        pipe = (fatal or failed)[0]
-        raise _failed(calls, pipe.group, t.cast(BaseException, pipe.error))
+        first = (fatal or failed)[0]
+        raise _failed(calls, first.group, t.cast(BaseException, first.error))
     backend._forget_routes(refresh=any(isinstance(pipe.error, MovedError) for pipe in failed))
     _publish(backend, calls, [i for pipe in failed for i in pipe.group if ids[i] is None], ids, again=False)
 
