@@ -2,11 +2,18 @@
 
     python -m benchmarks.cluster                       # 4 publishers, 3 runs of 4 s
     python -m benchmarks.cluster --publishers 2 --runs 1 --seconds 2
+    python -m benchmarks.cluster --batch 100           # batches of 100 events
 
 For each setup, ``--publishers`` processes each make a broker and call
 ``broadcast_to_topic`` (the library's publish: the Lua script, ``XADD`` and
 ``(S)PUBLISH``) in a loop for ``--seconds``, round-robin over ``--topics``
-topics, with a ``--payload``-byte payload (100). Setups:
+topics, with a ``--payload``-byte payload (100). With ``--batch N`` they
+publish N events per call instead, through what ``POST /_sse/publish`` with
+``{"events": [...]}`` runs (``SSEBroker._publish_events``, the backend's
+``publish_batch``: one ``MULTI``/``EXEC`` on one Redis, one pipeline per
+primary on a cluster), the events built once before the clock starts; so the
+Python publishers' per-call cost is spread over N events and Redis, not
+them, becomes the bottleneck. Setups:
 
 ``redis``
     one plain ``redis-server`` and the single-Redis backend (the baseline);
@@ -16,7 +23,10 @@ topics, with a ``--payload``-byte payload (100). Setups:
     a three-primary cluster (``redis-cli --cluster create``), ``SSE_REDIS_CLUSTER``.
 
 Every server is started for the run on free ports (tests/cluster_support.py)
-and stopped by PID afterwards. Reported per setup, medians over ``--runs``:
+and stopped by PID afterwards; all setups' servers run at once and the runs
+alternate between them (run 1 of each setup, then run 2 of each, ...), so
+the other load on the machine falls on all of them alike. Reported per
+setup, medians over ``--runs``:
 
 ``events_per_s``
     events published per second, all publishers together;
@@ -59,8 +69,10 @@ def _publisher(
     names = [f"topic-{i}" for i in range(topics)]
     payload = "x" * args.payload
     broker.broadcast_to_topic(names[0], payload)  # connect before the clock starts
-    start.wait()
-    deadline = time.monotonic() + args.seconds
+    if args.batch:
+        counts[index] = _publish_batches(broker, names, payload, args, start, index)
+        return
+    deadline = _ready(start, index)
     sent = 0
     while time.monotonic() < deadline:
         broker.broadcast_to_topic(names[sent % topics], payload)
@@ -68,9 +80,42 @@ def _publisher(
     counts[index] = sent
 
 
+def _publish_batches(
+    broker: t.Any, names: list[str], payload: str, args: argparse.Namespace, start: t.Any, index: int
+) -> int:
+    """``--batch``: N events per call, round-robin over the topics."""
+    from flask_sse_broker import SSEEvent
+    from flask_sse_broker._wire import Audience
+
+    event = SSEEvent(payload)
+    size = args.batch
+    batches = [
+        [(Audience.TOPIC, names[(b * size + i) % len(names)], event) for i in range(size)]
+        for b in range(len(names))
+    ]
+    broker._publish_events(batches[0])  # every primary connected before the clock starts
+    deadline = _ready(start, index)
+    sent = 0
+    while time.monotonic() < deadline:
+        broker._publish_events(batches[sent // size % len(batches)])
+        sent += size
+    return sent
+
+
+def _ready(start: t.Any, index: int) -> float:
+    """Say this publisher is connected, wait for the start; the shared end
+    (``time.monotonic`` is one clock for every process)."""
+    ready, go, deadline = start
+    ready[index] = 1
+    go.wait()
+    return float(deadline.value)
+
+
 def _run_once(url: str, cluster: bool, server_pids: list[int], args: argparse.Namespace) -> dict[str, float]:
     ctx = multiprocessing.get_context("spawn")
-    start = ctx.Event()
+    # Every publisher connected before the clock starts (a slow import on a
+    # loaded machine must not shift its events out of the measured window).
+    start = (ctx.Array("b", args.publishers), ctx.Event(), ctx.Value("d", 0.0))
     counts = ctx.Array("l", args.publishers)
     procs = [
         ctx.Process(target=_publisher, args=(url, cluster, args, start, counts, i))
@@ -78,10 +123,13 @@ def _run_once(url: str, cluster: bool, server_pids: list[int], args: argparse.Na
     ]
     for p in procs:
         p.start()
-    time.sleep(2.0)  # the publishers import and connect
+    limit = time.monotonic() + 120
+    while not all(start[0]) and time.monotonic() < limit:
+        time.sleep(0.05)
     before = [cpu_seconds(pid) for pid in server_pids]
     pub_before = [cpu_seconds(p.pid) for p in procs if p.pid is not None]
-    start.set()
+    start[2].value = time.monotonic() + args.seconds
+    start[1].set()
     time.sleep(args.seconds)
     after = [cpu_seconds(pid) for pid in server_pids]
     pub_after = [cpu_seconds(p.pid) for p in procs if p.pid is not None]
@@ -114,19 +162,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--payload", type=int, default=100, help="bytes of data per event")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=0, help="events per publish call (0: one by one)")
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args(argv)
-    results: dict[str, dict[str, t.Any]] = {}
-    for name in args.setups.split(","):
-        server, url, cluster, pids = _setup(name)
-        try:
-            runs = [_run_once(url, cluster, pids, args) for _ in range(args.runs)]
-        finally:
+    names = args.setups.split(",")
+    setups = {}
+    try:
+        for name in names:
+            setups[name] = _setup(name)
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+        for i in range(args.runs):
+            for name in names if i % 2 == 0 else reversed(names):
+                _, url, cluster, pids = setups[name]
+                runs[name].append(_run_once(url, cluster, pids, args))
+                print(name, f"run {i + 1}", round(runs[name][-1]["events_per_s"]), flush=True)
+    finally:
+        for server, *_ in setups.values():
             server.stop()
-        results[name] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-        results[name]["runs"] = [round(r["events_per_s"]) for r in runs]
-        shown = {k: round(v, 1) if isinstance(v, float) else v for k, v in results[name].items()}
-        print(name, json.dumps(shown), flush=True)
+    results: dict[str, dict[str, t.Any]] = {}
+    for name in names:
+        results[name] = {key: statistics.median(r[key] for r in runs[name]) for key in runs[name][0]}
+        results[name]["runs"] = [{k: round(v, 1) for k, v in r.items()} for r in runs[name]]
+        shown = {k: round(v, 1) for k, v in results[name].items() if k != "runs"}
+        print(name, json.dumps(shown), [round(r["events_per_s"]) for r in runs[name]], flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "cpus": os.cpu_count(), "results": results}, f, indent=1)

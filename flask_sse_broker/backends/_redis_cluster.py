@@ -56,19 +56,20 @@ import typing as t
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import MovedError, RedisClusterException
 from redis.retry import Retry
 
 from .._wire import Audience, Envelope, Seq, format_event_id, frame, parse_event_id
 from ..exceptions import BackendError, BrokerUnavailable
 from ._cluster_cursor import ORIGIN, PARTITIONS, encode_cursor, parse_cursor, replay_envelopes
 from ._redis_channels import is_pattern_key
-from ._redis_cluster_keys import PUBLISH_SCRIPT, Partition, channel_of, partition_of
+from ._redis_cluster_keys import PUBLISH_SCRIPT, Partition, partition_of
 from ._redis_cluster_listener import ERRORS as _Errors
 from ._redis_cluster_listener import Reader as _Reader
 from ._redis_cluster_listener import deliver_entry
 from ._redis_cluster_listener import never_trimmed as _untrimmed
 from ._redis_cluster_presence import ClusterBackplane
+from ._redis_cluster_publish import publish_pipelined, script_call
 from ._redis_cluster_routes import ClusterChannels, ClusterKeys, Listening
 from ._redis_keys import text
 from ._redis_routes import Routes
@@ -77,7 +78,7 @@ from .base import Replay, logger
 if t.TYPE_CHECKING:
     from .._hub import Hub
 
-__all__ = ["PARTITIONS", "RedisClusterBackend"]
+__all__ = ["PARTITIONS", "RedisClusterBackend", "partition_of"]
 
 
 class RedisClusterBackend(ClusterBackplane):
@@ -249,38 +250,26 @@ class RedisClusterBackend(ClusterBackplane):
         return self.hub.recipient_count(audience, target)
 
     def _publish(self, audience: Audience, target: str | None, body: bytes, key: str) -> str:
-        partition = self.partitions[partition_of(audience, target)]
-        if self.history_size:
-            maxlen, how = self.history_size + 1, "~"  # +1: the cursor's own entry stays
-        else:
-            maxlen, how = 0, "="
-        keys = [
-            partition.stream,
-            partition.last,
-            partition.published(key),
-            channel_of(self.partitions, audience, target),
-            partition.channel,
-        ]
-        args = [how, audience.value, target or "", body, maxlen, int(self.idempotency_ttl * 1000)]
+        partition, keys, args = script_call(self, audience, target, body, key)
         try:
             try:
-                event_id = self._run_script(partition, keys, args)
+                event_id = self.route(partition)(keys=keys, args=args)
             except (redis.ConnectionError, redis.ResponseError) as e:
                 # A pooled connection that died with a restarted primary, or a
                 # slot that moved (MOVED): once more on a fresh route, safe
                 # under the same idempotency key. Not after a timeout.
-                if isinstance(e, redis.ResponseError) and not str(e).startswith("MOVED"):
+                if isinstance(e, redis.ResponseError) and not isinstance(e, MovedError):
                     raise
                 self._forget_routes(refresh=isinstance(e, redis.ResponseError))
-                event_id = self._run_script(partition, keys, args)
+                event_id = self.route(partition)(keys=keys, args=args)
         except _Errors as e:
             raise _error(f"publishing to partition {partition.index} failed", e) from e
         return f"{partition.index}:{text(event_id)}"
 
-    def _run_script(self, partition: Partition, keys: list[str], args: list[t.Any]) -> t.Any:
-        """The publish script on the primary holding ``partition``, through a
-        plain client of that node: the cluster client's per-command routing
-        would cost more CPU than the publish itself."""
+    def route(self, partition: Partition) -> t.Any:
+        """The publish script bound to a plain client of the primary holding
+        ``partition``: the cluster client's per-command routing would cost
+        more CPU than the publish itself."""
         route = self._routes[partition.index]
         if route is None:
             address = self.owner(partition.channel)
@@ -288,7 +277,7 @@ class RedisClusterBackend(ClusterBackplane):
             if node is None:
                 node = self._nodes[address] = self._node_client(*address)
             route = self._routes[partition.index] = node.register_script(PUBLISH_SCRIPT)
-        return route(keys=keys, args=args)
+        return route
 
     def _node_client(self, host: str, port: int) -> redis.Redis[bytes]:
         pool = redis.BlockingConnectionPool(
@@ -312,14 +301,17 @@ class RedisClusterBackend(ClusterBackplane):
             self.cluster().nodes_manager.initialize()
 
     def publish_batch(self, items: t.Sequence[tuple[Audience, str | None, bytes]]) -> list[tuple[str, int]]:
-        """Publish the items one by one, in order. Not atomic across
-        partitions: on :exc:`BackendError` the items before the failed one
-        were published. The ids are ``<partition>:<stream id>``."""
-        results = []
-        for audience, target, body in items:
-            event_id = self._publish(audience, target, body, secrets.token_urlsafe(16))
-            results.append((event_id, self.hub.recipient_count(audience, target)))
-        return results
+        """Publish the items, one pipeline per primary, all sent before any
+        reply is read, each partition's items in order
+        (``_redis_cluster_publish.py``). Not atomic: on :exc:`BackendError`
+        every other primary published all its items, the failing one any
+        (each once or not at all). The ids are ``<partition>:<stream id>``."""
+        calls = [script_call(self, a, tg, body, secrets.token_urlsafe(16)) for a, tg, body in items]
+        try:
+            ids = publish_pipelined(self, calls)
+        except _Errors as e:
+            raise _error("publishing a batch failed", e) from e
+        return [(i, self.hub.recipient_count(a, tg)) for i, (a, tg, _) in zip(ids, items, strict=True)]
 
     def is_valid_id(self, value: str) -> bool:
         return parse_cursor(value) is not None
