@@ -54,7 +54,7 @@ import typing as t
 from tests.cluster_support import LocalCluster
 from tests.redis_support import RedisServer
 
-from .servers import cpu_seconds
+from .procstats import cpu_seconds
 
 
 def _publisher(

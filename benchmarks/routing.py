@@ -45,7 +45,8 @@ import threading
 import time
 import typing as t
 
-from .servers import ROOT, cpu_seconds, free_port
+from .procstats import cpu_seconds, free_port
+from .servers import ROOT
 
 
 def _bytes_received(redis_ports: list[int]) -> dict[int, int]:

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,8 +21,9 @@ from pathlib import Path
 
 from . import loadgen
 from .loadgen import CPUMeter, Group, Publisher
+from .procstats import cpu_seconds, machine
 from .report import markdown
-from .servers import IMPLS, LOADGEN_CPU, Impl, Running, cpu_seconds
+from .servers import IMPLS, LOADGEN_CPU, Impl, Running
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Load generator CPU use (share of one core) above which it, not the server,
@@ -353,38 +353,6 @@ def micro(quick: bool) -> dict[str, t.Any]:
         return {"error": done.stderr[-2000:]}
     result: dict[str, t.Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
-
-
-def machine() -> dict[str, t.Any]:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    with open("/proc/meminfo") as f:
-        mem_kib = int(f.readline().split()[1])
-    versions = {}
-    for mod in ("flask", "gunicorn", "gevent", "uvicorn", "sse_starlette", "uvloop", "flask_sse"):
-        try:
-            m = __import__(mod)
-            versions[mod] = getattr(m, "__version__", "?")
-        except ImportError:
-            pass
-    try:
-        nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
-    except OSError:
-        nginx = ""
-    return {
-        "cpu": model,
-        "cpus": os.cpu_count(),
-        "memory_gib": round(mem_kib / 2**20, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "nginx": nginx,
-        "versions": versions,
-        "loop": type(asyncio.get_event_loop_policy()).__module__,
-    }
 
 
 async def one_run(impls: list[str], args: argparse.Namespace) -> list[dict[str, t.Any]]:
