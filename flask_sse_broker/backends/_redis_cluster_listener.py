@@ -46,7 +46,7 @@ from ..exceptions import BackendError, ClientNotFound, TooManyTopics
 from ._cluster_cursor import ORIGIN
 from ._redis_channels import Channels
 from ._redis_cluster_keys import partition_of, tag_of
-from ._redis_keys import text
+from ._redis_keys import parse_event_message, text
 from .base import logger
 
 if t.TYPE_CHECKING:
@@ -398,14 +398,8 @@ class Reader:
         """One message (from any of the reader's channels)."""
         try:
             if data[:2] == b"E ":
-                _, raw_id, audience, length, rest = data.split(b" ", 4)
-                size = int(length)
-                seq = parse_event_id(raw_id.decode())
-                if seq is None:
-                    raise ValueError(f"malformed event id {raw_id!r}")
-                kind = Audience(audience.decode())
-                target = rest[:size].decode() if kind is not Audience.ALL else None
-                self.backend.deliver(partition_of(kind, target), seq, kind, target, rest[size:])
+                seq, kind, target, body = parse_event_message(data)
+                self.backend.deliver(partition_of(kind, target), seq, kind, target, body)
             elif data[:2] == b"C ":
                 control = json.loads(data[2:])
                 if not isinstance(control, dict):

@@ -34,7 +34,7 @@ import json
 import typing as t
 
 from .._topics import REST, SEP, STAR
-from .._wire import Audience, Envelope, parse_event_id
+from .._wire import Audience, Envelope, Seq, parse_event_id
 
 #: The cursor before the first event, returned by ``last_event_id`` while the
 #: stream is empty, so a page can connect from it and miss nothing.
@@ -150,20 +150,28 @@ def encode_control(op: str, client_id: str | None, topics: t.Collection[str], no
     return b"C " + message.encode()
 
 
+def parse_event_message(data: bytes) -> tuple[Seq, Audience, str | None, bytes]:
+    """The id, audience, target and body of an ``E`` message on the bus.
+
+    :raises ValueError, KeyError, TypeError: a malformed message.
+    """
+    _, raw_id, audience, length, rest = data.split(b" ", 4)
+    size = int(length)
+    seq = parse_event_id(raw_id.decode())
+    if seq is None:
+        raise ValueError(f"malformed event id {raw_id!r}")
+    kind = Audience(audience.decode())
+    target = rest[:size].decode() if kind is not Audience.ALL else None
+    return seq, kind, target, rest[size:]
+
+
 def decode_message(data: bytes) -> Envelope | dict[str, t.Any] | None:
     """An event, a control message, or ``None`` for anything else.
 
     :raises ValueError, KeyError, TypeError: a malformed message.
     """
     if data[:2] == b"E ":
-        _, raw_id, audience, length, rest = data.split(b" ", 4)
-        size = int(length)
-        seq = parse_event_id(raw_id.decode())
-        if seq is None:
-            raise ValueError(f"malformed event id {raw_id!r}")
-        kind = Audience(audience.decode())
-        target = rest[:size].decode() if kind is not Audience.ALL else None
-        return _stamped(Envelope.encode(seq, kind, target, rest[size:]))
+        return _stamped(Envelope.encode(*parse_event_message(data)))
     if data[:2] == b"C ":
         message = json.loads(data[2:])
         if not isinstance(message, dict):
