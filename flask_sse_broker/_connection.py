@@ -191,7 +191,10 @@ class SSEConnection:
         """
         self._out = out
         sock = out.sock
-        self._raw = getattr(sock, "_sock", None)  # gevent's non-blocking socket inside
+        # gevent's non-blocking socket inside; never beneath TLS (gevent's
+        # SSLSocket has one too: writing there would bypass the encryption).
+        tls = hasattr(sock, "getpeercert")
+        self._raw = None if tls else getattr(sock, "_sock", None)
         wake = self._wake
         if isinstance(wake, GreenletWake) and self._raw is not None:
             wake.send = self._send_parked
