@@ -407,3 +407,14 @@ class SSEConnection:
             self._queue.append(Frame(final))
         self._waiting = False
         self._wake.set()
+
+
+def queue_heartbeats(conns: t.Iterable[SSEConnection]) -> None:
+    """Queue a heartbeat on each idle, open connection of ``conns`` and wake
+    it (the caller holds the hub's lock)."""
+    for conn in conns:
+        if not conn._queue and not conn._closed and not conn._released:
+            conn._queue.append(HEARTBEAT_FRAME)
+            if conn._waiting:
+                conn._waiting = False
+                conn._wake.set()

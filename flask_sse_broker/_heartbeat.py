@@ -17,8 +17,8 @@ import logging
 import time
 import typing as t
 
+from ._connection import queue_heartbeats
 from ._socket import closed_peers
-from ._wire import HEARTBEAT_FRAME
 
 if t.TYPE_CHECKING:
     from ._connection import SSEConnection
@@ -75,12 +75,7 @@ def beat_in_slices(hub: Hub, stopped: t.Callable[[float], bool]) -> bool:
         part = conns[start : start + SLICE]
         close_dead_peers(hub, part)
         with hub.lock:
-            for conn in part:
-                if not conn._queue and not conn._closed and not conn._released:
-                    conn._queue.append(HEARTBEAT_FRAME)
-                    if conn._waiting:
-                        conn._waiting = False
-                        conn._wake.set()
+            queue_heartbeats(part)
     return False
 
 

@@ -24,12 +24,12 @@ import time
 import typing as t
 from collections import deque
 
-from ._connection import SSEClient, SSEConnection
+from ._connection import SSEClient, SSEConnection, queue_heartbeats
 from ._sessions import Sessions
 from ._timing import DeliveryTiming
 from ._topics import TopicIndex, is_pattern
 from ._watchers import OverflowWatcher, Watchers
-from ._wire import HEARTBEAT_FRAME, Audience, Envelope, Frame, encode_body, frame, json_dumps
+from ._wire import Audience, Envelope, Frame, encode_body, frame, json_dumps
 from .exceptions import BrokerUnavailable, ClientNotFound, TooManyConnections, TooManyTopics
 
 if t.TYPE_CHECKING:
@@ -425,12 +425,8 @@ class Hub:
         (when ``heartbeats``); forget sessions expired by ``now`` (monotonic)."""
         now = time.monotonic() if now is None else now
         with self.lock:
-            for conn in self._connections if heartbeats else ():
-                if not conn._queue:
-                    conn._queue.append(HEARTBEAT_FRAME)
-                    if conn._waiting:
-                        conn._waiting = False
-                        conn._wake.set()
+            if heartbeats:
+                queue_heartbeats(self._connections)
             self._sessions.expire(now)
 
     # -- queries --------------------------------------------------------------

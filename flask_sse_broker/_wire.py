@@ -214,8 +214,7 @@ def chunk_of(queued: Envelope | Frame) -> bytes:
     """
     chunk = queued.chunk
     if chunk is None:
-        frame = queued.frame
-        chunk = queued.chunk = b"%X\r\n%s\r\n" % (len(frame), frame)
+        chunk = queued.chunk = as_chunk(queued.frame)
     return chunk
 
 
