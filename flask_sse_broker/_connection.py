@@ -83,6 +83,7 @@ class SSEConnection:
     """
 
     __slots__ = (
+        "_after_head",
         "_closed",
         "_finished",
         "_head",
@@ -156,6 +157,9 @@ class SSEConnection:
         #: Chunked bytes a write in the hub could not finish: the stream's
         #: greenlet writes them before anything else.
         self._unsent: bytes | None = None
+        #: Called once the first chunk is written by the stream itself
+        #: (``StreamResponse`` trims the WSGI environ with it).
+        self._after_head: t.Callable[[], None] | None = None
 
     def debug_state_locked(self) -> dict[str, t.Any]:
         """This stream's state, for the hub's debug snapshot (under the lock)."""
@@ -186,8 +190,9 @@ class SSEConnection:
         already chunk-framed, each event's chunk made once and shared by all
         its recipients (:func:`chunk_of`), several queued events in one
         ``send``. And under gevent a delivery round writes a parked stream's
-        queue from the hub (:meth:`_send_parked`) without switching to it.
-        The server still writes the first chunk (the head) and the last one.
+        queue from the hub (:meth:`send_parked`) without switching to it.
+        The server still writes the response head (``send_headers``) and the
+        last chunk.
         """
         self._out = out
         sock = out.sock
@@ -197,16 +202,18 @@ class SSEConnection:
         self._raw = None if tls else getattr(sock, "_sock", None)
         wake = self._wake
         if isinstance(wake, GreenletWake) and self._raw is not None:
-            wake.send = self._send_parked
+            wake.writer = self
 
     def __next__(self) -> bytes:
-        head, self._head = self._head, None
-        if head:
-            return b"".join(head)
+        out = self._out
+        if self._head:
+            if out is None:
+                head, self._head = self._head, None
+                return b"".join(head)
+            self._send_head(out)
         timing = self._timing
         if timing is not None and self._unrecorded is not None:
             self._record_written()
-        out = self._out
         if out is not None and out.headers_sent:
             self._write_chunks(out.sock)
         while True:
@@ -226,6 +233,18 @@ class SSEConnection:
                 if self._shared:
                     return b"".join([shared_frame(e) for e in batch])
                 return b"".join([e.frame for e in batch])
+
+    def _send_head(self, out: t.Any) -> None:
+        """Have the server send the response head, then write the first
+        frames as a chunk here too. Not through the server's write loop, nor
+        in a local of :meth:`__next__`: either would keep them alive as long
+        as the stream lasts."""
+        head, self._head = self._head, None
+        out.send_headers()
+        self._send_all(out.sock, as_chunk(b"".join(head or ())))
+        after, self._after_head = self._after_head, None
+        if after is not None:
+            after()
 
     def _write_chunks(self, sock: t.Any) -> t.NoReturn:
         """The stream from its second write on, when it frames chunks itself:
@@ -276,7 +295,7 @@ class SSEConnection:
             data = data[sent:]
         sock.sendall(data)
 
-    def _send_parked(self) -> bool:
+    def send_parked(self) -> bool:
         """In the hub, for a delivery round: write the queue of this parked
         stream with one non-blocking ``send`` and re-arm its wake-up, or say
         that its greenlet must run (its head not sent yet, the end of the
@@ -382,7 +401,7 @@ class SSEConnection:
         """End this stream and release it from the broker (idempotent)."""
         wake = self._wake
         if isinstance(wake, GreenletWake):
-            wake.send = None  # no round writes for it; and no cycle left through it
+            wake.writer = None  # no round writes for it; and no cycle left through it
         self._on_close(self)
 
     def _revoke_locked(self, remaining: t.Container[str], notice: Frame) -> None:

@@ -6,7 +6,7 @@ hub to queue a heartbeat on every idle connection (the write is how WSGI
 finds a peer that vanished without closing) and to forget expired sessions.
 
 Under gevent, a stream that writes its own chunks gets its heartbeat from the
-delivery round that the queueing wakes (``GreenletWake.send``): one
+delivery round that the queueing wakes (``GreenletWake.writer``): one
 non-blocking ``send`` in the hub, the greenlet left parked; the pass has just
 polled for closed peers, so the greenlet need not check its own first.
 """

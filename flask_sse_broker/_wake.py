@@ -34,7 +34,7 @@ import weakref
 from collections import deque
 from time import perf_counter as _perf_counter
 
-__all__ = ["Wake", "flush", "gevent_patched", "new_wake"]
+__all__ = ["ParkedWriter", "Wake", "flush", "gevent_patched", "new_wake"]
 
 
 class Wake(t.Protocol):
@@ -109,7 +109,7 @@ class _HubBatch:
 
     #: Upper bound of :attr:`slice` (seconds): a publish arriving during a
     #: round waits at most about this long for the hub. Writing from the hub
-    #: (``GreenletWake.send``) makes a round dense; with gevent's 5 ms switch
+    #: (``GreenletWake.writer``) makes a round dense; with gevent's 5 ms switch
     #: interval the publishes of a steady 5,000-stream fan-out fell behind
     #: their schedule (publish round trip p90 173-315 ms against 87-100 ms
     #: with 1 ms).
@@ -179,10 +179,10 @@ class _HubBatch:
             glet = wake._parked
             if glet is None or not wake._flag:
                 continue  # woken already, or by something else
-            send = wake.send
-            # ``send`` writes without leaving the hub (the greenlet stays
+            writer = wake.writer
+            # The writer writes without leaving the hub (the greenlet stays
             # parked) or says the greenlet must run.
-            if send is None or not send():
+            if writer is None or not writer.send_parked():
                 wake._parked = None
                 try:
                     glet.switch()
@@ -254,10 +254,19 @@ def replied(batch: _HubBatch | None) -> None:
         batch.awaited -= 1
 
 
+class ParkedWriter(t.Protocol):
+    """What a round calls in place of resuming a parked stream."""
+
+    def send_parked(self) -> bool:
+        """Write the stream's queue from the hub, without blocking, and say
+        whether it did; if not, the round resumes the stream's greenlet."""
+        ...
+
+
 class GreenletWake:
     """An ``Event`` for the one greenlet that waits on it (its stream)."""
 
-    __slots__ = ("_batch", "_flag", "_parked", "send")
+    __slots__ = ("_batch", "_flag", "_parked", "writer")
 
     def __init__(self) -> None:
         self._flag = False
@@ -266,10 +275,11 @@ class GreenletWake:
         self._batch: _HubBatch | None = None
         #: Called in the hub, in place of resuming the parked greenlet, by a
         #: round that finds it woken: it does the stream's work itself if it
-        #: can without blocking (:meth:`SSEConnection._send_parked`) and says
+        #: can without blocking (:meth:`SSEConnection.send_parked`) and says
         #: whether it did. If so the greenlet stays parked, re-armed by
-        #: ``send``; if not, the round resumes it.
-        self.send: t.Callable[[], bool] | None = None
+        #: ``send_parked``; if not, the round resumes it. The stream itself,
+        #: not a bound method of it: one object fewer per stream.
+        self.writer: ParkedWriter | None = None
 
     def is_set(self) -> bool:
         return self._flag

@@ -89,13 +89,15 @@ def create_blueprint(
         )
         conn._peer = _requests.stream_socket()
         limit_write_stall(conn._peer, broker.config.write_timeout)
-        return StreamResponse(
+        response = StreamResponse(
             conn,
             status=200,
             mimetype="text/event-stream",
             headers=_STREAM_HEADERS,
             direct_passthrough=True,
         )
+        response.trim_environ = broker.config.trim_environ
+        return response
 
     def change_topics(subscribe: bool) -> Response:
         token, topics = _requests.topics_body()

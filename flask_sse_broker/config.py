@@ -107,6 +107,13 @@ class SSEConfig:
     #: End every stream when the process gets SIGTERM (chaining to the previous
     #: handler), so gunicorn's graceful shutdown is not spent waiting on them.
     handle_sigterm: bool = True
+    #: Under gunicorn, once a stream has started, keep of its WSGI environ
+    #: only what gunicorn's access log reads (the request line, the client's
+    #: address, ``User-Agent``, ``Referer``, ``Authorization``): gunicorn
+    #: holds the environ as long as the stream lasts, about 1.5 KB of an idle
+    #: stream's ~15 KiB. ``False`` leaves it whole, for a ``post_request``
+    #: hook or an access-log ``%({NAME}e)s`` atom that reads other keys.
+    trim_environ: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -140,6 +147,8 @@ class SSEConfig:
             raise ValueError(f"write_timeout must be >= 0 or None: {self.write_timeout!r}")
         if not isinstance(self.session_ttl, (int, float)) or self.session_ttl < 0:
             raise ValueError(f"session_ttl must be >= 0: {self.session_ttl!r}")
+        if not isinstance(self.trim_environ, bool):
+            raise ValueError(f"trim_environ must be a bool: {self.trim_environ!r}")
         if not isinstance(self.redis_cluster, bool):
             raise ValueError(f"redis_cluster must be a bool: {self.redis_cluster!r}")
         if self.redis_cluster and not self.redis_url:

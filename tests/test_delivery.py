@@ -59,6 +59,9 @@ class ChunkedResponse:
 
     def __init__(self) -> None:
         self.sock = ServerSocket()
+        self.headers_sent = False
+
+    def send_headers(self) -> None:
         self.headers_sent = True
 
 
@@ -95,7 +98,11 @@ def writing_stream(broker: SSEBroker, topic: str) -> tuple[SSEConnection, Record
     conn = broker.open_stream(topics=[topic])
     out = ChunkedResponse()
     conn._write_to(out)
-    assert b"connected" in next(conn)  # the server writes the head itself
+    # What the first ``next`` does before it waits: the server sends the
+    # response head, the stream its first frames, as a chunk of its own.
+    conn._send_head(out)
+    assert out.headers_sent
+    assert b"connected" in parse_chunks(out.sock._sock.sends.pop())[0]
     return conn, out.sock._sock
 
 
@@ -140,7 +147,7 @@ def test_a_write_the_socket_took_in_part_is_finished_before_later_events(broker:
     broker.broadcast_to_topic("t", "first")
     broker.broadcast_to_topic("t", "second")
     sock.limit = 7  # the socket takes 7 bytes of the next write
-    assert conn._send_parked() is False  # the stream's greenlet must finish it
+    assert conn.send_parked() is False  # the stream's greenlet must finish it
     assert len(sock.sends) == 1 and len(sock.sends[0]) == 7
     broker.broadcast_to_topic("t", "third")
     thread = run_stream(conn)
@@ -153,9 +160,9 @@ def test_a_write_the_socket_took_in_part_is_finished_before_later_events(broker:
 
 def test_send_parked_leaves_the_end_of_a_stream_to_its_greenlet(broker: SSEBroker) -> None:
     conn, sock = writing_stream(broker, "t")
-    assert conn._send_parked() is False  # nothing queued
+    assert conn.send_parked() is False  # nothing queued
     broker.shutdown(timeout=0.01)  # queues the final frame and closes
-    assert conn._send_parked() is False
+    assert conn.send_parked() is False
     assert sock.sends == []
 
 
@@ -168,9 +175,11 @@ from flask_sse_broker import SSEBroker, SSEConfig
 from flask_sse_broker import _wake
 
 class Out:
-    headers_sent = True
+    headers_sent = False
     def __init__(self, sock):
         self.sock = sock
+    def send_headers(self):
+        self.headers_sent = True
 
 n = int(sys.argv[1])
 broker = SSEBroker(SSEConfig(heartbeat_interval=0, handle_sigterm=False, event_buffer_size=10))
@@ -178,8 +187,10 @@ readers = []
 for _ in range(n):
     a, b = socket.socketpair()
     conn = broker.open_stream(topics=["t"])
-    conn._write_to(Out(a))
-    next(conn)
+    out = Out(a)
+    conn._write_to(out)
+    conn._send_head(out)  # the head, as the stream's first ``next`` writes it
+    b.recv(65536)  # read: only the round's writes count below
     gevent.spawn(lambda conn=conn: [None for _ in conn])
     readers.append(b)
 gevent.sleep(0.05)  # every stream parked
@@ -199,11 +210,12 @@ def probe():
 def first_send_wakes_the_probe():
     # The round's first hub-side write also makes the probe's socket readable.
     for conn in broker._hub._connections:
-        def send_and_poke(send=conn._send_parked):
-            if not poked:
-                poked.append(probe_w.send(b"x"))
-            return send()
-        conn._wake.send = send_and_poke
+        class Poker:
+            def send_parked(self, send=conn.send_parked):
+                if not poked:
+                    poked.append(probe_w.send(b"x"))
+                return send()
+        conn._wake.writer = Poker()
 
 poked = []
 

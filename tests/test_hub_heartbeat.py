@@ -28,7 +28,7 @@ def test_a_lone_heartbeat_leaves_from_the_hub_in_one_send(broker: SSEBroker) -> 
     conn, sock = writing_stream(broker, "t")
     broker._hub.beat()
     assert conn._queue == [HEARTBEAT_FRAME]
-    assert conn._send_parked() is True  # written here: the greenlet stays parked
+    assert conn.send_parked() is True  # written here: the greenlet stays parked
     assert sock.sends == [chunk_of(HEARTBEAT_FRAME)]
     assert parse_chunks(sock.sends[0]) == [HEARTBEAT]
     assert conn._queue == [] and conn._waiting
@@ -42,7 +42,7 @@ def test_a_heartbeat_the_socket_took_in_part_is_finished_by_the_greenlet(broker:
     conn, sock = writing_stream(broker, "t")
     broker._hub.beat()
     sock.limit = 7
-    assert conn._send_parked() is False  # the greenlet must run
+    assert conn.send_parked() is False  # the greenlet must run
     thread = run_stream(conn)
     wait_for(lambda: len(b"".join(sock.sends)) == len(chunk_of(HEARTBEAT_FRAME)), what="the rest written")
     broker.broadcast_to_topic("t", "after")
