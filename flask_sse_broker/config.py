@@ -129,12 +129,9 @@ class SSEConfig:
         _positive_int("max_publish_bytes", self.max_publish_bytes)
         if self.publish_key is not None and (not isinstance(self.publish_key, str) or not self.publish_key):
             raise ValueError("publish_key must be a non-empty str or None")
-        if self.max_connections is not None:
-            _non_negative_int("max_connections", self.max_connections)
-        if self.max_sessions is not None:
-            _non_negative_int("max_sessions", self.max_sessions)
-        if self.max_session_bytes is not None:
-            _non_negative_int("max_session_bytes", self.max_session_bytes)
+        for name in ("max_connections", "max_sessions", "max_session_bytes"):  # None: no limit
+            if getattr(self, name) is not None:
+                _non_negative_int(name, getattr(self, name))
         if self.heartbeat_interval is not None and (
             isinstance(self.heartbeat_interval, bool)
             or not isinstance(self.heartbeat_interval, (int, float))
@@ -147,10 +144,9 @@ class SSEConfig:
             raise ValueError(f"write_timeout must be >= 0 or None: {self.write_timeout!r}")
         if not isinstance(self.session_ttl, (int, float)) or self.session_ttl < 0:
             raise ValueError(f"session_ttl must be >= 0: {self.session_ttl!r}")
-        if not isinstance(self.trim_environ, bool):
-            raise ValueError(f"trim_environ must be a bool: {self.trim_environ!r}")
-        if not isinstance(self.redis_cluster, bool):
-            raise ValueError(f"redis_cluster must be a bool: {self.redis_cluster!r}")
+        for name in ("redis_cluster", "trim_environ"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool: {getattr(self, name)!r}")
         if self.redis_cluster and not self.redis_url:
             raise ValueError("redis_cluster needs redis_url (the URL of any node of the cluster)")
         if self.overflow not in _OVERFLOW_POLICIES:

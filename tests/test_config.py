@@ -60,3 +60,9 @@ def test_update_from_mapping_validates_what_it_read() -> None:
     config = SSEConfig()
     with pytest.raises(ValueError, match="event_buffer_size"):
         config.update_from_mapping({"SSE_EVENT_BUFFER_SIZE": 0})
+
+
+def test_trim_environ_must_be_a_bool() -> None:
+    assert SSEConfig().trim_environ is True
+    with pytest.raises(ValueError, match="trim_environ must be a bool"):
+        SSEConfig(trim_environ="no")  # type: ignore[arg-type]

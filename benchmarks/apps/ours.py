@@ -115,6 +115,29 @@ if os.environ.get("BENCH_GC_STATS"):
         return {k: [count[k], size[k]] for k in count}
 
 
+if os.environ.get("BENCH_TRACEMALLOC"):
+    # Profiling only (run the server with PYTHONTRACEMALLOC=1): what the
+    # streams opened since the last call keep, per allocating line, divided
+    # by ``n`` (the number of streams opened in between).
+    import gc
+    import tracemalloc
+
+    _last: list[tracemalloc.Snapshot] = []
+
+    @app.get("/_tracemalloc")
+    def allocations() -> dict[str, t.Any]:
+        n = int(request.args.get("n", "1"))
+        gc.collect()
+        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        out: dict[str, t.Any] = {}
+        if _last:
+            diff = snap.compare_to(_last[0], request.args.get("key", "lineno"))
+            out["bytes_per_stream"] = sum(d.size_diff for d in diff) / n
+            out["top"] = [[str(d.traceback), d.size_diff / n, d.count_diff / n] for d in diff[:40]]
+        _last[:] = [snap]
+        return out
+
+
 @app.post("/publish")
 def publish() -> dict[str, int]:
     queued = broker.broadcast_to_topic(request.args["topic"], request.get_data(as_text=True))
