@@ -28,6 +28,7 @@ from ._connection import SSEClient, SSEConnection, queue_heartbeats
 from ._sessions import Sessions
 from ._timing import DeliveryTiming
 from ._topics import TopicIndex, is_pattern
+from ._wake import new_lock
 from ._watchers import OverflowWatcher, Watchers
 from ._wire import Audience, Envelope, Frame, encode_body, frame, json_dumps
 from .exceptions import BrokerUnavailable, ClientNotFound, TooManyConnections, TooManyTopics
@@ -67,7 +68,7 @@ class Hub:
         #: Guards the client, connection and topic registries, the sessions,
         #: every connection's queue, the counters, and a backend's in-process
         #: history.
-        self.lock = threading.Lock()
+        self.lock = new_lock()
         self._clients: dict[str, SSEClient] = {}
         self._connections: set[SSEConnection] = set()
         #: Subscription (a topic or a pattern, as written) -> its connections.
