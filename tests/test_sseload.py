@@ -9,6 +9,7 @@ wrong-topic payloads, and latencies of the right size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 import typing as t
@@ -55,10 +56,8 @@ async def _serve(chunked: bool) -> tuple[asyncio.Server, int]:
         for i in range(0, len(out), 7):  # small pieces: every state split
             writer.write(bytes(out[i : i + 7]))
             await writer.drain()
-        try:
+        with contextlib.suppress(ConnectionError):
             await reader.read()  # until the client goes (aborts: a reset)
-        except ConnectionError:
-            pass
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
