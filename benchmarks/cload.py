@@ -93,6 +93,7 @@ class Group:
         self.bytes = 0
         self.received = self.total = 0
         self.unprimed_topics: list[int] = []
+        self.own: dict[str, t.Any] = {}
         self._dir = tempfile.mkdtemp(prefix="sseload-")
 
     async def start(self) -> None:
@@ -140,6 +141,7 @@ class Group:
         self.wrong_topic = reply["wrong_topic"]
         self.out_of_order = reply["out_of_order"]
         self.received, self.total = reply["received"], reply["total"]
+        self.own = reply
         self.latencies = array("d")
         if self.keep_latency:
             with open(path, "rb") as f:
@@ -148,6 +150,25 @@ class Group:
 
     def received_total(self) -> tuple[int, int]:
         return self.received, self.total
+
+    def figures(self) -> dict[str, t.Any]:
+        """What sseload itself did in the phase: reads, epoll wake-ups, how
+        long a wake-up's batch took (an event waits in sseload at most about
+        two batches), user and system CPU seconds, context switches."""
+        own = self.own
+        if not own:
+            return {}
+        return {
+            "loadgen_reads": own["reads"],
+            "loadgen_wakeups": own["wakeups"],
+            "loadgen_batch_p50_ms": round(own["batch_p50"] * 1000, 3),
+            "loadgen_batch_p99_ms": round(own["batch_p99"] * 1000, 3),
+            "loadgen_batch_max_ms": round(own["batch_max"] * 1000, 3),
+            "loadgen_user_s": own["user_s"],
+            "loadgen_sys_s": own["sys_s"],
+            "loadgen_voluntary_switches": own["voluntary_switches"],
+            "loadgen_involuntary_switches": own["involuntary_switches"],
+        }
 
     def meter(self) -> ProcessMeter:
         assert self.proc is not None

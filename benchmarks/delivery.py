@@ -132,6 +132,7 @@ async def deliver(
         "loadgen": group.kind,
         "loadgen_bottleneck": loadgen_cpu > LOADGEN_BOTTLENECK,
         "server_alive": server.alive(),
+        **group.figures(),
     }
 
 

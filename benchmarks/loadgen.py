@@ -72,6 +72,10 @@ class Group:
         received = sum(len(s.counts) - s.counts.count(0) for s in self.streams if s.primed)
         return received, sum(sum(s.counts) for s in self.streams if s.primed)
 
+    def figures(self) -> dict[str, t.Any]:
+        """Figures of the load generator's own (cload.Group has some)."""
+        return {}
+
     def meter(self) -> CPUMeter:
         return CPUMeter()
 

@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -68,6 +69,13 @@ static long ok, failed, closed_, primed, deliveries, wrong_topic, out_of_order;
 static long long bytes_in;
 static double first_at, last_at;
 static double *lat;
+/* The load generator's own work since the last reset: epoll wake-ups with
+ * events, successful reads, and how long each wake-up's batch took (an event
+ * waits in here at most the batch before it was read plus its own). */
+static long n_reads;
+static double *batch;
+static size_t n_batch, cap_batch;
+static struct rusage ru0;
 static size_t n_lat, cap_lat;
 static int in_flight;
 static char rbuf[1 << 16];
@@ -354,6 +362,7 @@ static void readable(size_t i) {
     for (;;) {
         ssize_t n = read(s->fd, rbuf, sizeof rbuf);
         if (n > 0) {
+            n_reads++;
             received(s, rbuf, n, now_real());
             if (s->fd < 0)
                 return;
@@ -372,6 +381,7 @@ static void readable(size_t i) {
 static int poll_once(int timeout_ms) {
     struct epoll_event evs[512];
     int n = epoll_wait(ep, evs, 512, timeout_ms), input = 0;
+    double t0 = n > 0 ? now_mono() : 0.0;
     for (int k = 0; k < n; k++) {
         if (evs[k].data.u64 == UINT64_MAX) {
             input = 1;
@@ -387,6 +397,13 @@ static int poll_once(int timeout_ms) {
             continue;
         }
         readable(i);
+    }
+    if (n > 0) {
+        if (n_batch == cap_batch) {
+            cap_batch = cap_batch * 2 + 4096;
+            batch = xrealloc(batch, cap_batch * sizeof *batch);
+        }
+        batch[n_batch++] = now_mono() - t0;
     }
     return input;
 }
@@ -485,11 +502,21 @@ static void print_stats(const char *path) {
     printf("{\"deliveries\":%ld,\"primed\":%ld,\"ok\":%ld,\"failed\":%ld,\"closed\":%ld,"
            "\"first_at\":%.6f,\"last_at\":%.6f,\"bytes\":%lld,\"wrong_topic\":%ld,"
            "\"out_of_order\":%ld,\"received\":%lld,\"total\":%lld,\"latencies\":%zu,"
-           "\"p50\":%.6f,\"p99\":%.6f,\"max\":%.6f}\n",
+           "\"p50\":%.6f,\"p99\":%.6f,\"max\":%.6f,",
            deliveries, primed, ok, failed, closed_, first_at, last_at, bytes_in, wrong_topic,
            out_of_order, received_, total, n_lat, PCT(0.50), PCT(0.99),
            n_lat ? sorted[n_lat - 1] : -1.0);
     free(sorted);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    qsort(batch, n_batch, sizeof *batch, cmp_double);
+#define TV(tv) ((tv).tv_sec + (tv).tv_usec * 1e-6)
+#define BP(q) (n_batch ? batch[(size_t)(q * n_batch) < n_batch ? (size_t)(q * n_batch) : n_batch - 1] : 0.0)
+    printf("\"reads\":%ld,\"wakeups\":%zu,\"batch_p50\":%.6f,\"batch_p99\":%.6f,"
+           "\"batch_max\":%.6f,\"user_s\":%.6f,\"sys_s\":%.6f,\"voluntary_switches\":%ld,"
+           "\"involuntary_switches\":%ld}\n",
+           n_reads, n_batch, BP(0.50), BP(0.99), BP(1.0), TV(ru.ru_utime) - TV(ru0.ru_utime),
+           TV(ru.ru_stime) - TV(ru0.ru_stime), ru.ru_nvcsw - ru0.ru_nvcsw, ru.ru_nivcsw - ru0.ru_nivcsw);
 }
 
 static void reset(void) {
@@ -497,6 +524,9 @@ static void reset(void) {
     bytes_in = 0;
     first_at = last_at = 0.0;
     n_lat = 0;
+    n_reads = 0;
+    n_batch = 0;
+    getrusage(RUSAGE_SELF, &ru0);
     for (size_t i = 0; i < n_streams; i++) {
         memset(streams[i].counts, 0, n_messages);
         streams[i].last_seq = -1;
