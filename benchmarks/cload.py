@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import types
 import typing as t
 from array import array
 from collections import Counter
@@ -81,6 +82,8 @@ class Group:
     """
 
     kind = "c"
+    #: ``sseload ... spin``: poll without sleeping (see ``SPIN``).
+    spin = False
 
     def __init__(self, n_messages: int, keep_latency: bool = True) -> None:
         self.n_messages = n_messages
@@ -102,6 +105,7 @@ class Group:
         self.proc = await asyncio.create_subprocess_exec(
             str(binary()),
             str(self.n_messages),
+            *(["spin"] if self.spin else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             preexec_fn=lambda: os.sched_setaffinity(0, {LOADGEN_CPU}),
@@ -168,6 +172,8 @@ class Group:
             "loadgen_sys_s": own["sys_s"],
             "loadgen_voluntary_switches": own["voluntary_switches"],
             "loadgen_involuntary_switches": own["involuntary_switches"],
+            # Share of the phase spent handling events (with spin, loadgen_cpu is ~100 %).
+            "loadgen_busy": own["busy_s"] / own["since_reset_s"] if own["since_reset_s"] else None,
         }
 
     def meter(self) -> ProcessMeter:
@@ -228,3 +234,19 @@ async def prime(group: Group, publisher: Publisher, topics: t.Iterable[int], tim
 
 async def close_streams(group: Group) -> None:
     await group.aclose()
+
+
+class SpinGroup(Group):
+    """``sseload`` polling epoll without sleeping: its CPU never idles, so
+    the server never pays for waking it (on a VM, an IPI per wake-up); its
+    CPU share is then ~100 % by construction, ``loadgen_busy`` says how much
+    of it was work."""
+
+    kind = "c-spin"
+    spin = True
+
+
+#: ``--loadgen c-spin``: this module with :class:`SpinGroup`.
+SPIN = types.SimpleNamespace(
+    Group=SpinGroup, open_streams=open_streams, prime=prime, close_streams=close_streams
+)

@@ -248,7 +248,7 @@ async def one_run(impls: list[str], args: argparse.Namespace) -> list[dict[str, 
         hb = args.heartbeat
         try:
             if "fanout" in args.scenarios and _selected(name, args.fanout_impls):
-                lg = cload if args.loadgen == "c" else loadgen
+                lg = {"c": cload, "c-spin": cload.SPIN}.get(args.loadgen, loadgen)
                 for r in await fanout(name, args.fanout_sizes, args.burst, args.steady, args.rate, hb, lg):
                     rows.append({"impl": name, **r})
             if "topics" in args.scenarios and _selected(name, args.topics_impls):
@@ -328,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publishers", type=int, default=4, help="concurrent publishers in the topics burst")
     parser.add_argument("--no-micro", action="store_true")
     parser.add_argument(
-        "--loadgen", choices=("python", "c"), default="python", help="streams read by loadgen.py or sseload.c"
+        "--loadgen",
+        choices=("python", "c", "c-spin"),
+        default="python",
+        help="streams read by loadgen.py or sseload.c (c-spin: sseload never sleeps)",
     )
     parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args(argv)
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args.fanout_sizes = [int(x) for x in args.fanout_sizes.split(",")]
     args.connection_sizes = [int(x) for x in args.connection_sizes.split(",")]
     args.scenarios = set(args.scenarios.split(","))
-    if args.loadgen == "c" and args.scenarios - {"fanout"}:
+    if args.loadgen != "python" and args.scenarios - {"fanout"}:
         parser.error("--loadgen c runs the fan-out scenario only: add --scenarios fanout")
     args.connection_impls = set(args.connection_impls.split(","))
     args.fanout_impls = set(filter(None, args.fanout_impls.split(",")))

@@ -23,7 +23,8 @@
  *   stats [PATH]                every figure; PATH gets the latencies (doubles)
  *   close                       abort every stream (RST)
  *   quit
- * Build: gcc -O2 -o sseload sseload.c     Usage: sseload N_MESSAGES
+ * Build: gcc -O2 -o sseload sseload.c     Usage: sseload N_MESSAGES [spin]
+ * (spin: never sleep in epoll_wait; the CPU it is on never idles).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -76,6 +77,10 @@ static long n_reads;
 static double *batch;
 static size_t n_batch, cap_batch;
 static struct rusage ru0;
+static double busy_s, reset_at;
+/* spin: poll epoll without sleeping, so this CPU never idles and the server
+ * never has to wake it (no wake-up IPIs charged to the server). */
+static int spin;
 static size_t n_lat, cap_lat;
 static int in_flight;
 static char rbuf[1 << 16];
@@ -403,7 +408,8 @@ static int poll_once(int timeout_ms) {
             cap_batch = cap_batch * 2 + 4096;
             batch = xrealloc(batch, cap_batch * sizeof *batch);
         }
-        batch[n_batch++] = now_mono() - t0;
+        batch[n_batch] = now_mono() - t0;
+        busy_s += batch[n_batch++];
     }
     return input;
 }
@@ -514,9 +520,10 @@ static void print_stats(const char *path) {
 #define BP(q) (n_batch ? batch[(size_t)(q * n_batch) < n_batch ? (size_t)(q * n_batch) : n_batch - 1] : 0.0)
     printf("\"reads\":%ld,\"wakeups\":%zu,\"batch_p50\":%.6f,\"batch_p99\":%.6f,"
            "\"batch_max\":%.6f,\"user_s\":%.6f,\"sys_s\":%.6f,\"voluntary_switches\":%ld,"
-           "\"involuntary_switches\":%ld}\n",
+           "\"involuntary_switches\":%ld,\"busy_s\":%.6f,\"since_reset_s\":%.6f}\n",
            n_reads, n_batch, BP(0.50), BP(0.99), BP(1.0), TV(ru.ru_utime) - TV(ru0.ru_utime),
-           TV(ru.ru_stime) - TV(ru0.ru_stime), ru.ru_nvcsw - ru0.ru_nvcsw, ru.ru_nivcsw - ru0.ru_nivcsw);
+           TV(ru.ru_stime) - TV(ru0.ru_stime), ru.ru_nvcsw - ru0.ru_nvcsw, ru.ru_nivcsw - ru0.ru_nivcsw, busy_s,
+           now_mono() - reset_at);
 }
 
 static void reset(void) {
@@ -526,6 +533,8 @@ static void reset(void) {
     n_lat = 0;
     n_reads = 0;
     n_batch = 0;
+    busy_s = 0.0;
+    reset_at = now_mono();
     getrusage(RUSAGE_SELF, &ru0);
     for (size_t i = 0; i < n_streams; i++) {
         memset(streams[i].counts, 0, n_messages);
@@ -599,18 +608,20 @@ static int command(char *line) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: sseload N_MESSAGES\n");
+    if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "spin") != 0)) {
+        fprintf(stderr, "usage: sseload N_MESSAGES [spin]\n");
         return 2;
     }
     n_messages = atol(argv[1]);
+    spin = argc == 3;
+    reset_at = now_mono();
     ep = epoll_create1(EPOLL_CLOEXEC);
     fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = UINT64_MAX};
     epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev);
     buf_t in = {0};
     for (;;) {
-        if (!poll_once(-1))
+        if (!poll_once(spin ? 0 : -1))
             continue;
         for (;;) {
             char tmp[8192];

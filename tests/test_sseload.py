@@ -93,10 +93,10 @@ async def _figures(lg: t.Any, chunked: bool, streams: int = 3) -> dict[str, t.An
 
 @pytest.mark.parametrize("chunked", [True, False])
 def test_c_counts_like_python(chunked: bool) -> None:
-    async def both() -> tuple[dict[str, t.Any], dict[str, t.Any]]:
-        return await _figures(loadgen, chunked), await _figures(cload, chunked)
+    async def all_three() -> list[dict[str, t.Any]]:
+        return [await _figures(lg, chunked) for lg in (loadgen, cload, cload.SPIN)]
 
-    python, c = asyncio.run(both())
+    python, c, spin = asyncio.run(all_three())
     expected = {
         "ok": 3,
         "primed": 3,
@@ -109,6 +109,7 @@ def test_c_counts_like_python(chunked: bool) -> None:
     }
     assert python == expected
     assert c == expected
+    assert spin == expected
 
 
 def test_refused_stream_is_failed() -> None:
