@@ -55,6 +55,33 @@ class Group:
             stream.counts = bytearray(self.n_messages)
             stream.last_seq = -1
 
+    # What benchmarks.delivery asks of a load generator (cload.Group too).
+    kind = "python"
+
+    async def begin(self) -> None:
+        self.reset()
+
+    async def refresh(self) -> None:
+        """Counters are live here; the C load generator has to be asked."""
+
+    async def collect(self) -> None:
+        """Latencies are live here; the C load generator has to be asked."""
+
+    def received_total(self) -> tuple[int, int]:
+        """(distinct (stream, seq) received, deliveries counted) of primed streams."""
+        received = sum(len(s.counts) - s.counts.count(0) for s in self.streams if s.primed)
+        return received, sum(sum(s.counts) for s in self.streams if s.primed)
+
+    def figures(self) -> dict[str, t.Any]:
+        """Figures of the load generator's own (cload.Group has some)."""
+        return {}
+
+    def meter(self) -> CPUMeter:
+        return CPUMeter()
+
+    async def aclose(self) -> None:
+        close_streams(self)
+
 
 class SSEStream(asyncio.Protocol):
     def __init__(self, group: Group, topic: int, request: bytes) -> None:

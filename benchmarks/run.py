@@ -19,140 +19,26 @@ import time
 import typing as t
 from pathlib import Path
 
-from . import loadgen
+from . import cload, loadgen
+from .delivery import _publish_path, _stream_path, deliver, warm_up
 from .loadgen import CPUMeter, Group, Publisher
 from .procstats import cpu_seconds, machine
 from .report import markdown
-from .servers import IMPLS, LOADGEN_CPU, Impl, Running
+from .servers import IMPLS, LOADGEN_CPU, Running
 
 RESULTS = Path(__file__).resolve().parent / "results"
-#: Load generator CPU use (share of one core) above which it, not the server,
-#: probably limited the figures.
-LOADGEN_BOTTLENECK = 0.9
-#: Nobody waits longer than this for deliveries after the last publish.
-DRAIN_TIMEOUT = 20.0
-QUIET = 3.0
-
-
-def percentile(sorted_values: t.Sequence[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
-async def warm_up(publisher: Publisher, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if await publisher.post(999_999, b"warmup", timeout=5) < 500:
-                return
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
-            if time.monotonic() > deadline:
-                raise
-        await asyncio.sleep(0.1)
-
-
-async def deliver(
-    server: Running,
-    group: Group,
-    publishers: list[Publisher],
-    schedule: list[tuple[int, int]],
-    rate: float | None,
-    expected: int,
-) -> dict[str, t.Any]:
-    """Publish ``schedule`` ((topic, seq) pairs), at ``rate`` per second or as
-    fast as the server answers, and wait for the deliveries.
-
-    With several publishers each owns the topics ``topic % len(publishers)``
-    and publishes them in order, concurrently with the others.
-    """
-    group.reset()
-    await asyncio.sleep(0.3)
-    meter = CPUMeter()
-    cpu0, worker0 = server.cpu(), server.worker_cpu()
-    t0 = time.time()
-    counts = {"published": 0, "bad": 0}
-
-    async def publish_share(index: int) -> None:
-        publisher = publishers[index]
-        for i, (topic, seq) in enumerate(schedule):
-            if topic % len(publishers) != index:
-                continue
-            if rate:
-                delay = t0 + i / rate - time.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            if time.time() - t0 > 60:
-                break  # a server that cannot keep up is cut off, not waited for
-            if await publisher.publish(topic, seq) >= 300:
-                counts["bad"] += 1
-            counts["published"] += 1
-
-    await asyncio.gather(*(publish_share(i) for i in range(len(publishers))))
-    published = counts["published"]
-    statuses_bad = counts["bad"]
-    t_pub = time.time()
-    cpu_at_last, worker_at_last = server.cpu(), server.worker_cpu()
-    seen = group.deliveries
-    last_progress = time.monotonic()
-    deadline = last_progress + DRAIN_TIMEOUT
-    while group.deliveries < expected:
-        await asyncio.sleep(0.05)
-        now = time.monotonic()
-        if group.deliveries != seen:
-            seen = group.deliveries
-            last_progress = now
-            cpu_at_last, worker_at_last = server.cpu(), server.worker_cpu()
-        elif now - last_progress > QUIET or now > deadline:
-            break
-    else:
-        cpu_at_last, worker_at_last = server.cpu(), server.worker_cpu()
-    loadgen_cpu = meter.utilisation()
-    lat = sorted(group.latencies)
-    received = sum(len(s.counts) - s.counts.count(0) for s in group.streams if s.primed)
-    total = sum(sum(s.counts) for s in group.streams if s.primed)
-    duration = (group.last_at or time.time()) - t0
-    deliveries = group.deliveries
-    cpu = cpu_at_last - cpu0
-    return {
-        "published": published,
-        "publish_rate": published / max(1e-9, t_pub - t0),
-        "bad_publishes": statuses_bad,
-        "expected": expected,
-        "deliveries": deliveries,
-        "deliveries_per_s": deliveries / duration if duration > 0 else 0.0,
-        "lost": expected - received,
-        "duplicated": total - received,
-        "out_of_order": group.out_of_order,
-        "wrong_topic": group.wrong_topic,
-        "p50_ms": _ms(percentile(lat, 0.50)),
-        "p99_ms": _ms(percentile(lat, 0.99)),
-        "max_ms": _ms(lat[-1] if lat else None),
-        "server_cpu_s": cpu,
-        "cpu_us_per_delivery": cpu / deliveries * 1e6 if deliveries else None,
-        # The worker alone: the Redis rows' figure above adds the shared Redis.
-        "worker_cpu_us_per_delivery": (worker_at_last - worker0) / deliveries * 1e6 if deliveries else None,
-        "loadgen_cpu": loadgen_cpu,
-        "loadgen_bottleneck": loadgen_cpu > LOADGEN_BOTTLENECK,
-        "server_alive": server.alive(),
-    }
-
-
-def _stream_path(impl: Impl) -> t.Callable[[int], str]:
-    return lambda topic: impl.stream.format(topic=topic)
-
-
-def _publish_path(impl: Impl) -> t.Callable[[int], str]:
-    return lambda topic: impl.publish.format(topic=topic)
-
-
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value * 1000, 2)
 
 
 async def fanout(
-    impl_name: str, sizes: list[int], n_burst: int, n_steady: int, rate: float, heartbeat: float
+    impl_name: str,
+    sizes: list[int],
+    n_burst: int,
+    n_steady: int,
+    rate: float,
+    heartbeat: float,
+    lg: t.Any = loadgen,
 ) -> list[dict[str, t.Any]]:
+    """Burst then steady on one topic; ``lg``: ``loadgen`` or ``cload``."""
     out = []
     for n in sizes:
         server = Running(IMPLS[impl_name], heartbeat)
@@ -161,9 +47,9 @@ async def fanout(
             publisher = Publisher(server.port, _publish_path(impl))
             await warm_up(publisher)
             phases = [("burst", n_burst, None), ("steady", n_steady, rate)]
-            group = Group(max(n_burst, n_steady))
-            await loadgen.open_streams(group, server.port, _stream_path(impl), [0] * n)
-            primed = await loadgen.prime(group, publisher, [0])
+            group = lg.Group(max(n_burst, n_steady))
+            await lg.open_streams(group, server.port, _stream_path(impl), [0] * n)
+            primed = await lg.prime(group, publisher, [0])
             for mode, count, r in phases:
                 result = await deliver(
                     server, group, [publisher], [(0, s) for s in range(count)], r, group.primed * count
@@ -178,7 +64,7 @@ async def fanout(
                 )
                 out.append(result)
                 _log(impl_name, result)
-            loadgen.close_streams(group)
+            await group.aclose()
             publisher.close()
         finally:
             server.stop()
@@ -362,7 +248,8 @@ async def one_run(impls: list[str], args: argparse.Namespace) -> list[dict[str, 
         hb = args.heartbeat
         try:
             if "fanout" in args.scenarios and _selected(name, args.fanout_impls):
-                for r in await fanout(name, args.fanout_sizes, args.burst, args.steady, args.rate, hb):
+                lg = {"c": cload, "c-spin": cload.SPIN}.get(args.loadgen, loadgen)
+                for r in await fanout(name, args.fanout_sizes, args.burst, args.steady, args.rate, hb, lg):
                     rows.append({"impl": name, **r})
             if "topics" in args.scenarios and _selected(name, args.topics_impls):
                 rows.append(
@@ -440,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--publishers", type=int, default=4, help="concurrent publishers in the topics burst")
     parser.add_argument("--no-micro", action="store_true")
+    parser.add_argument(
+        "--loadgen",
+        choices=("python", "c", "c-spin"),
+        default="python",
+        help="streams read by loadgen.py or sseload.c (c-spin: sseload never sleeps)",
+    )
     parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args(argv)
     if args.quick:
@@ -451,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     args.fanout_sizes = [int(x) for x in args.fanout_sizes.split(",")]
     args.connection_sizes = [int(x) for x in args.connection_sizes.split(",")]
     args.scenarios = set(args.scenarios.split(","))
+    if args.loadgen != "python" and args.scenarios - {"fanout"}:
+        parser.error("--loadgen c runs the fan-out scenario only: add --scenarios fanout")
     args.connection_impls = set(args.connection_impls.split(","))
     args.fanout_impls = set(filter(None, args.fanout_impls.split(",")))
     args.topics_impls = set(filter(None, args.topics_impls.split(",")))
