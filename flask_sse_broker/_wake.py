@@ -34,7 +34,7 @@ import weakref
 from collections import deque
 from time import perf_counter as _perf_counter
 
-__all__ = ["Wake", "flush", "gevent_patched", "new_wake"]
+__all__ = ["Wake", "flush", "gevent_patched", "new_wake", "pace"]
 
 
 class Wake(t.Protocol):
@@ -106,6 +106,9 @@ class _HubBatch:
         self.slice = min(getswitchinterval(), self.max_slice)
         #: Publishers of this hub waiting for a reply (see :func:`awaiting_reply`).
         self.awaited = 0
+        #: Set when the round under way ends, while a publisher waits for that
+        #: (see :func:`pace`); made by the first one to wait.
+        self.ended: t.Any = None
 
     #: Upper bound of :attr:`slice` (seconds): a publish arriving during a
     #: round waits at most about this long for the hub. Writing from the hub
@@ -199,6 +202,10 @@ class _HubBatch:
         if pending:
             self.scheduled = True
             self._arm()
+        ended = self.ended
+        if ended is not None:
+            self.ended = None
+            ended.set()
 
     def _resume(self, timer: t.Any) -> None:
         timer.close()
@@ -234,6 +241,34 @@ def flush() -> None:
     last = _last
     if last is not None and last.ident == last._get_ident():
         last.flush()
+
+
+def pace(lock: t.Any, limit: float = 1.0) -> None:
+    """After a publish: wait (at most ``limit`` seconds) for the delivery
+    round under way on this thread's hub to end, if one is under way.
+
+    A publish under gevent returns before its streams write (the round runs
+    later, in the hub); a publisher that publishes again as soon as it is
+    answered (an HTTP client publishing in a loop) would otherwise run rounds
+    ahead of delivery, and every event of the backlog waits behind it. A round
+    is "under way" only when it handed the hub back to I/O mid-way (slices,
+    see :meth:`_HubBatch._drain`), which is how the publisher got to run; so a
+    view publishing in a loop without yielding never finds one after its
+    first publish, and a publisher outside the hub's thread, or the hub
+    itself, never waits; nor does one while ``lock`` (the broker's) is held.
+    """
+    batch = _last
+    if batch is None or not batch.left or batch.ident != batch._get_ident() or lock.locked():
+        return
+    current = _getcurrent()
+    if current is batch.hub or current.parent is None:
+        return
+    ended = batch.ended
+    if ended is None:
+        from gevent.event import Event
+
+        ended = batch.ended = Event()
+    ended.wait(limit)
 
 
 def awaiting_reply() -> _HubBatch | None:
