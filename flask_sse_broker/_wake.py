@@ -120,10 +120,11 @@ class _HubBatch:
     #: with 1 ms).
     max_slice = 0.001
 
-    #: Publishes a publisher may make during one round before it waits for
-    #: the round's end (:func:`pace`): each of them is delivered in the next
-    #: round, together.
-    ahead_limit = 1
+    #: Publishes that may be made during one round before the next one waits
+    #: for the round's end (:func:`pace`): they are delivered by the next
+    #: round, together (one ``send`` per stream). 1 kept the publishers of a
+    #: steady 5,000-stream fan-out below their 20/s; 3 did not.
+    ahead_limit = 3
 
     #: Seconds a wake-up waits for more publishes to join it, from the first
     #: wake-up of a round (or the end of the previous round). Bounds the
