@@ -18,6 +18,11 @@ and writing, once per publish.
 The broker calls ``set`` and ``clear`` with its lock held, and ``wait``
 without it, exactly as it uses an ``Event``.
 
+A publish never runs more than a few events ahead of the rounds: one made
+from a greenlet while a round is paused between two slices returns at once
+for the first ``_HubBatch.ahead_limit`` (3) of them, and after that only once
+the round has ended (:func:`pace`).
+
 A round need not switch to a woken greenlet at all: a stream that can write
 without blocking (a socket it frames chunks for itself, see
 :meth:`SSEConnection._write_to`) gives its wake-up a ``send``, and the round
@@ -253,8 +258,9 @@ def flush() -> None:
 
 
 def pace(lock: t.Any, limit: float = 1.0) -> None:
-    """After a publish: wait (at most ``limit`` seconds) for the delivery
-    round under way on this thread's hub to end, if one is under way.
+    """After a publish: if the delivery round under way on this thread's hub
+    has already seen ``ahead_limit`` publishes, wait (at most ``limit``
+    seconds) for it to end.
 
     A publish under gevent returns before its streams write (the round runs
     later, in the hub); a publisher that publishes again as soon as it is
@@ -262,9 +268,10 @@ def pace(lock: t.Any, limit: float = 1.0) -> None:
     ahead of delivery, and every event of the backlog waits behind it. A round
     is "under way" only when it handed the hub back to I/O mid-way (slices,
     see :meth:`_HubBatch._drain`), which is how the publisher got to run; so a
-    view publishing in a loop without yielding never finds one after its
-    first publish, and a publisher outside the hub's thread, or the hub
-    itself, never waits; nor does one while ``lock`` (the broker's) is held.
+    view publishing in a loop without yielding waits at most once (for a
+    round paused when it started), and a publisher outside the hub's thread,
+    or the hub itself, never waits; nor does one while ``lock`` (the
+    broker's) is held.
     """
     batch = _last
     if batch is None or not batch.left or batch.ident != batch._get_ident() or lock.locked():
