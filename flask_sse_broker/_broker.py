@@ -24,7 +24,7 @@ from ._process import ForkWatch, install_sigterm_handler, register_shutdown
 from ._socket import abort
 from ._topics import Subscriptions, check_publish_topic, check_topic
 from ._wake import flush as flush_wakeups
-from ._wake import new_wake, pace
+from ._wake import new_wake
 from ._watchers import Watchers
 from ._wire import MAX_ID_LENGTH, Audience, check_event_id, new_client_id, shared_frame, validate_client_id
 from .backends import Backend, Replay, backend_for
@@ -427,7 +427,8 @@ class SSEBroker:
         return [event_id for event_id, _ in results]
 
     def _published(self, items: t.Sequence[_Item], queued: t.Sequence[int]) -> None:
-        """After the backend took events: after-lock work, yield or pace (gevent), metrics, signals."""
+        """After the backend took events: the hub's after-lock work, a yield
+        if a stream falls behind, metrics, signals."""
         hub = self._hub
         hub.run_after_lock()
         if hub.pressure:
@@ -441,8 +442,6 @@ class SSEBroker:
         if signals.event_published.receivers:
             for (audience, target, event), n in zip(items, queued, strict=True):
                 signals.event_published.send(self, event=event, target=audience.value, key=target, queued=n)
-        if self.backend.delivers_in_caller:
-            pace(hub.lock)  # under gevent: not a round ahead of the streams
 
     # -- queries -------------------------------------------------------------
 

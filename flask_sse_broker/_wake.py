@@ -18,11 +18,6 @@ and writing, once per publish.
 The broker calls ``set`` and ``clear`` with its lock held, and ``wait``
 without it, exactly as it uses an ``Event``.
 
-A publish never runs more than a few events ahead of the rounds: one made
-from a greenlet while a round is paused between two slices returns at once
-for the first ``_HubBatch.ahead_limit`` (3) of them, and after that only once
-the round has ended (:func:`pace`).
-
 A round need not switch to a woken greenlet at all: a stream that can write
 without blocking (a socket it frames chunks for itself, see
 :meth:`SSEConnection._write_to`) gives its wake-up a ``send``, and the round
@@ -39,7 +34,7 @@ import weakref
 from collections import deque
 from time import perf_counter as _perf_counter
 
-__all__ = ["Wake", "flush", "gevent_patched", "new_wake", "pace"]
+__all__ = ["Wake", "flush", "gevent_patched", "new_wake"]
 
 
 class Wake(t.Protocol):
@@ -111,11 +106,6 @@ class _HubBatch:
         self.slice = min(getswitchinterval(), self.max_slice)
         #: Publishers of this hub waiting for a reply (see :func:`awaiting_reply`).
         self.awaited = 0
-        #: Set when the round under way ends, while a publisher waits for that
-        #: (see :func:`pace`); made by the first one to wait.
-        self.ended: t.Any = None
-        #: Publishes paced during the round under way (see :func:`pace`).
-        self.ahead = 0
 
     #: Upper bound of :attr:`slice` (seconds): a publish arriving during a
     #: round waits at most about this long for the hub. Writing from the hub
@@ -124,12 +114,6 @@ class _HubBatch:
     #: their schedule (publish round trip p90 173-315 ms against 87-100 ms
     #: with 1 ms).
     max_slice = 0.001
-
-    #: Publishes that may be made during one round before the next one waits
-    #: for the round's end (:func:`pace`): they are delivered by the next
-    #: round, together (one ``send`` per stream). 1 kept the publishers of a
-    #: steady 5,000-stream fan-out below their 20/s; 3 did not.
-    ahead_limit = 3
 
     #: Seconds a wake-up waits for more publishes to join it, from the first
     #: wake-up of a round (or the end of the previous round). Bounds the
@@ -215,11 +199,6 @@ class _HubBatch:
         if pending:
             self.scheduled = True
             self._arm()
-        self.ahead = 0
-        ended = self.ended
-        if ended is not None:
-            self.ended = None
-            ended.set()
 
     def _resume(self, timer: t.Any) -> None:
         timer.close()
@@ -255,39 +234,6 @@ def flush() -> None:
     last = _last
     if last is not None and last.ident == last._get_ident():
         last.flush()
-
-
-def pace(lock: t.Any, limit: float = 1.0) -> None:
-    """After a publish: if the delivery round under way on this thread's hub
-    has already seen ``ahead_limit`` publishes, wait (at most ``limit``
-    seconds) for it to end.
-
-    A publish under gevent returns before its streams write (the round runs
-    later, in the hub); a publisher that publishes again as soon as it is
-    answered (an HTTP client publishing in a loop) would otherwise run rounds
-    ahead of delivery, and every event of the backlog waits behind it. A round
-    is "under way" only when it handed the hub back to I/O mid-way (slices,
-    see :meth:`_HubBatch._drain`), which is how the publisher got to run; so a
-    view publishing in a loop without yielding waits at most once (for a
-    round paused when it started), and a publisher outside the hub's thread,
-    or the hub itself, never waits; nor does one while ``lock`` (the
-    broker's) is held.
-    """
-    batch = _last
-    if batch is None or not batch.left or batch.ident != batch._get_ident() or lock.locked():
-        return
-    current = _getcurrent()
-    if current is batch.hub or current.parent is None:
-        return
-    batch.ahead += 1
-    if batch.ahead <= batch.ahead_limit:
-        return
-    ended = batch.ended
-    if ended is None:
-        from gevent.event import Event
-
-        ended = batch.ended = Event()
-    ended.wait(limit)
 
 
 def awaiting_reply() -> _HubBatch | None:
