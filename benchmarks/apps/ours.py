@@ -81,11 +81,17 @@ if os.environ.get("BENCH_GC_STATS"):
     _gc_time = [0.0, 0.0, 0.0]
     _gc_start = [0.0]
 
+    _gc_log = os.environ.get("BENCH_GC_LOG")  # a file: every collection over 1 ms
+
     def _gc_clock(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             _gc_start[0] = time.perf_counter()
         else:
-            _gc_time[info["generation"]] += time.perf_counter() - _gc_start[0]
+            took = time.perf_counter() - _gc_start[0]
+            _gc_time[info["generation"]] += took
+            if _gc_log and took > 0.001:
+                with open(_gc_log, "a") as log:
+                    log.write(f"{time.time():.3f} gen {info['generation']} {took * 1000:.1f} ms\n")
 
     gc.callbacks.append(_gc_clock)
 
