@@ -30,6 +30,26 @@ SERVER_KINDS = ("werkzeug", "gthread", "gevent")
 DEFAULT_APP = "tests.apps.serverapp:create_app()"
 
 
+#: The start of a script run in a subprocess under gevent: patched, the
+#: broker imported, and ``Out``, what a stream reads of gunicorn's chunked
+#: ``Response`` (``headers_sent``, ``send_headers``, ``sock``).
+GEVENT_SCRIPT = r"""
+import json, sys
+from gevent import monkey
+monkey.patch_all()
+import gevent, greenlet, socket
+from flask_sse_broker import SSEBroker, SSEConfig
+from flask_sse_broker import _wake
+
+class Out:
+    headers_sent = False
+    def __init__(self, sock):
+        self.sock = sock
+    def send_headers(self):
+        self.headers_sent = True
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -23,7 +23,7 @@ import pytest
 from flask_sse_broker import SSEBroker, SSEConfig
 from flask_sse_broker._connection import SSEConnection
 
-from .support import ROOT, Server, free_port, wait_for
+from .support import GEVENT_SCRIPT, ROOT, Server, free_port, wait_for
 
 
 class RecordingSocket:
@@ -166,21 +166,9 @@ def test_send_parked_leaves_the_end_of_a_stream_to_its_greenlet(broker: SSEBroke
     assert sock.sends == []
 
 
-ROUND_PROBE = r"""
-import json, sys
-from gevent import monkey
-monkey.patch_all()
-import gevent, socket
-from flask_sse_broker import SSEBroker, SSEConfig
-from flask_sse_broker import _wake
-
-class Out:
-    headers_sent = False
-    def __init__(self, sock):
-        self.sock = sock
-    def send_headers(self):
-        self.headers_sent = True
-
+ROUND_PROBE = (
+    GEVENT_SCRIPT
+    + r"""
 n = int(sys.argv[1])
 broker = SSEBroker(SSEConfig(heartbeat_interval=0, handle_sigterm=False, event_buffer_size=10))
 readers = []
@@ -228,6 +216,7 @@ gevent.sleep(1.0)
 written = sum(map(has_data, readers))
 print(json.dumps({"probe_saw": seen, "written": written, "poked": len(poked)}))
 """
+)
 
 
 def test_a_round_writing_from_the_hub_hands_it_back_to_io_within_the_round() -> None:

@@ -15,23 +15,11 @@ import sys
 
 import pytest
 
-from .support import ROOT
+from .support import GEVENT_SCRIPT, ROOT
 
-WORKLOAD = r"""
-import json, sys
-from gevent import monkey
-monkey.patch_all()
-import gevent, greenlet, socket
-from flask_sse_broker import SSEBroker, SSEConfig
-from flask_sse_broker import _wake
-
-class Out:  # what a stream reads of gunicorn's chunked Response
-    headers_sent = False
-    def __init__(self, sock):
-        self.sock = sock
-    def send_headers(self):
-        self.headers_sent = True
-
+WORKLOAD = (
+    GEVENT_SCRIPT
+    + r"""
 broker = SSEBroker(SSEConfig(heartbeat_interval=0.05, handle_sigterm=False, event_buffer_size=8))
 lock = broker._hub.lock
 switches = {"all": 0, "locked": []}
@@ -76,6 +64,7 @@ gevent.joinall(streams, timeout=5)
 greenlet.settrace(None)
 print(json.dumps({"kind": kind, "switches": switches["all"], "locked": switches["locked"][:5]}))
 """
+)
 
 
 def test_no_greenlet_switches_while_the_hub_lock_is_held() -> None:
